@@ -1,0 +1,54 @@
+"""Session-wide fixtures: the real embedded broker on a free loopback port, in a temporary directory."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from secstream.broker import EmbeddedBroker
+from secstream.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "corpus" / "dev"
+GOLDEN = SHARED / "securityevent-golden"
+REFERENCE = SHARED / "reference"
+SEEDS = SHARED / "seeds"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One real Kafka-protocol broker for the whole session. Tests use unique topic names (see ``settings``)."""
+    b = EmbeddedBroker(data_dir=tmp_path_factory.mktemp("broker"), port=free_port())
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def settings(broker: EmbeddedBroker) -> Settings:
+    """Settings pointing at the session broker, with topic names unique to this test."""
+    run = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka={"bootstrap_servers": broker.bootstrap},
+        topics={
+            "raw": f"raw-{run}",
+            "normalized": f"normalized-{run}",
+            "dead_letter": f"dlq-{run}",
+            "delivery_log": f"delivery-{run}",
+            "raw_partitions": 3,
+            "normalized_partitions": 3,
+        },
+    )
