@@ -88,7 +88,6 @@ class EmbeddedBroker:
         if is_reachable(self.bootstrap, timeout=1.0):
             raise BrokerError(f"something else already answers on {self.bootstrap}; choose another broker.port")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / LOG_FILE, "ab")
         cmd = [
             str(binary_path()), "start",
             "--data-dir", str(self.data_dir.resolve()),
@@ -96,9 +95,10 @@ class EmbeddedBroker:
             "--only", "kafka",
             "--kafka-port", str(self.port),
         ]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        log.close()
+        with open(self.data_dir / LOG_FILE, "ab") as log:
+            # Own session: a Ctrl-C in the terminal that started it must not kill the broker mid-snapshot.
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
         self.pid_file.write_text(str(proc.pid))
         self._wait_ready(wait_seconds, proc.pid)
         return proc.pid

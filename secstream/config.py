@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -73,7 +81,9 @@ class RuleSettings(_Section):
     name: str
     computers: list[str] = Field(default_factory=lambda: ["*"], description="glob patterns on Computer")
     event_set: Literal["All", "Common", "Minimal", "None"] | None = None
-    xpath: list[str] = Field(default_factory=list, description="AMA-style queries, e.g. Security!*[System[(EventID=4624)]]")
+    xpath: list[str] = Field(
+        default_factory=list, description="AMA-style queries, e.g. Security!*[System[(EventID=4624)]]"
+    )
 
     @model_validator(mode="after")
     def _set_or_xpath(self) -> RuleSettings:
@@ -152,6 +162,10 @@ class TelemetrySettings(_Section):
     otlp_endpoint: str | None = None
     prometheus_port: int = Field(9464, ge=1, le=65535)
     health_port: int = Field(0, ge=0, le=65535, description="0 = no health server")
+    # 0.0.0.0 so Kubernetes probes and Prometheus can reach a pod; use 127.0.0.1 on a shared host.
+    prometheus_host: str = "0.0.0.0"
+    health_host: str = "0.0.0.0"
+    export_interval_seconds: float = Field(15.0, gt=0, description="push interval of console/OTLP metrics")
 
 
 class Settings(BaseSettings):

@@ -73,7 +73,9 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
             except KafkaException as exc:
                 results.append(TopicResult(s, "error", exc.args[0].str()))
         else:
-            detail = f"has {have} partitions" + (f" (more than the {s.partitions} planned)" if have > s.partitions else "")
+            detail = f"has {have} partitions"
+            if have > s.partitions:
+                detail += f" (more than the {s.partitions} planned)"
             results.append(TopicResult(s, "exists", detail))
     order = {s.name: i for i, s in enumerate(specs)}
     return sorted(results, key=lambda r: order[r.spec.name])
