@@ -8,6 +8,7 @@ import typer
 
 from secstream import clikit
 from secstream.broker_cli import broker_app
+from secstream.groups_cli import groups_app
 from secstream.topics_cli import topics_app
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ def _root(
 
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+app.add_typer(groups_app, name="groups")
 
 
 @app.command("config")
