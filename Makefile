@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench reliability clean distclean
+.PHONY: venv tools demo test lint typecheck unit bench reliability clean distclean
 
 venv: $(STAMP)
 
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# helm for the chart tests, into .tools/bin (the tests fetch it themselves when missing).
+tools: venv
+	$(BIN)/python scripts/fetch_helm.py
 
 demo: venv
 	$(BIN)/python -m secstream.demo
