@@ -1,0 +1,221 @@
+"""Which events of which computer to keep: the connector's event sets and AMA-style XPath queries, per machine group.
+
+Rules come from ``Settings.rules`` (``RuleSettings``): a name, glob patterns on Computer, and an event set and/or
+XPath queries. A computer gets the first rule (in configuration order) with a pattern that matches its name; rules
+whose patterns are only ``*`` form the default group and are consulted after every specific rule, wherever they
+stand in the list. A computer that no rule matches keeps nothing. Patterns and channel names compare
+case-insensitively, as Windows names do.
+
+An event is kept when the rule's event set takes it (its channel is Security or one of the two AppLocker channels,
+and its EventID is in the set; ``All`` takes every event of those channels, ``None`` nothing) or any of the rule's
+queries selects it. Everything is compiled once at start; invalid queries raise :class:`RuleError` naming the rule.
+The per-event work is a dict look-up on the channel and a set membership test on the EventID for event sets and
+EventID-only queries; other queries run their compiled predicate.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from schemas.event_sets import ALL_CHANNELS, EVENT_SETS
+from streams.xpath import Predicate, Query, Selector, XPathError, compile_queries
+
+RawEvent = Mapping[str, Any]
+
+RULE_CACHE_SIZE = 100_000  # computers remembered by rule_for (the cache is cleared when it is full)
+
+
+class RuleError(ValueError):
+    """A rule that cannot be compiled; the message names the rule and the query."""
+
+
+class RuleLike(Protocol):
+    """What a rule needs (``secstream.config.RuleSettings`` has these fields)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def computers(self) -> Sequence[str]: ...
+    @property
+    def event_set(self) -> str | None: ...
+    @property
+    def xpath(self) -> Sequence[str]: ...
+
+
+@dataclass
+class _ChannelMatcher:
+    """What one rule takes from one channel."""
+
+    take_all: bool = False
+    event_ids: set[int] = field(default_factory=set)
+    predicates: list[Predicate] = field(default_factory=list)
+    # (selects, suppresses) of QueryList queries with a Suppress: kept if a select matches and no suppress does.
+    guarded: list[tuple[list[Predicate | None], list[Predicate | None]]] = field(default_factory=list)
+
+    def compile(self) -> Callable[[RawEvent], bool]:
+        if self.take_all:
+            return lambda event: True
+        ids = frozenset(self.event_ids)
+        predicates = tuple(self.predicates)
+        guarded = tuple(self.guarded)
+        if not predicates and not guarded:
+            return lambda event: event["event_id"] in ids
+
+        def keep(event: RawEvent) -> bool:
+            if event["event_id"] in ids:
+                return True
+            for predicate in predicates:
+                if predicate(event):
+                    return True
+            return any(_guarded_keep(event, selects, suppresses) for selects, suppresses in guarded)
+
+        return keep
+
+
+def _matches(predicate: Predicate | None, event: RawEvent) -> bool:
+    return predicate is None or predicate(event)
+
+
+def _guarded_keep(event: RawEvent, selects: Sequence[Predicate | None],
+                  suppresses: Sequence[Predicate | None]) -> bool:
+    return any(_matches(p, event) for p in selects) and not any(_matches(p, event) for p in suppresses)
+
+
+class CompiledRule:
+    """One machine group's filter. ``keep`` for one event, ``filter`` for a batch."""
+
+    def __init__(self, name: str, matchers: dict[str, Callable[[RawEvent], bool]]) -> None:
+        self.name = name
+        self._by_channel = dict(matchers)  # keys are case-folded channel names
+        self.keeps_nothing = not matchers
+        # Exact spellings seen in events, so the usual case needs no casefold().
+        self._exact: dict[str, Callable[[RawEvent], bool] | None] = {}
+
+    def __repr__(self) -> str:
+        return f"CompiledRule({self.name!r}, channels={sorted(self._by_channel)})"
+
+    def _matcher(self, channel: str) -> Callable[[RawEvent], bool] | None:
+        try:
+            return self._exact[channel]
+        except KeyError:
+            matcher = self._by_channel.get(channel.casefold())
+            if len(self._exact) < 1_000:
+                self._exact[channel] = matcher
+            return matcher
+
+    def keep(self, raw_event: RawEvent) -> bool:
+        matcher = self._matcher(raw_event.get("channel") or "")
+        return matcher is not None and matcher(raw_event)
+
+    def filter(self, events: Iterable[RawEvent]) -> list[Any]:
+        if self.keeps_nothing:
+            return []
+        out = []
+        matcher_for = self._matcher
+        for event in events:
+            matcher = matcher_for(event.get("channel") or "")
+            if matcher is not None and matcher(event):
+                out.append(event)
+        return out
+
+
+KEEP_NOTHING = CompiledRule("<no matching rule>", {})
+
+
+def _add_selector(matchers: dict[str, _ChannelMatcher], selector: Selector) -> None:
+    matcher = matchers.setdefault(selector.channel.casefold(), _ChannelMatcher())
+    if selector.node is None:
+        matcher.take_all = True
+    elif selector.node.event_ids is not None:
+        matcher.event_ids |= selector.node.event_ids
+    else:
+        matcher.predicates.append(selector.node.predicate)
+
+
+def _add_query(matchers: dict[str, _ChannelMatcher], query: Query) -> None:
+    if not query.suppresses:
+        for selector in query.selects:
+            _add_selector(matchers, selector)
+        return
+    # Suppress applies per channel within its own query.
+    channels = {s.channel.casefold() for s in query.selects}
+    for channel in channels:
+        selects = [s.node.predicate if s.node else None for s in query.selects if s.channel.casefold() == channel]
+        suppresses = [s.node.predicate if s.node else None for s in query.suppresses
+                      if s.channel.casefold() == channel]
+        matchers.setdefault(channel, _ChannelMatcher()).guarded.append((selects, suppresses))
+
+
+def compile_rule(rule: RuleLike, clock: Callable[[], float] = time.time) -> CompiledRule:
+    """One rule -> CompiledRule. Raises RuleError naming the rule (and the query) when something is invalid."""
+    matchers: dict[str, _ChannelMatcher] = {}
+    if rule.event_set is not None:
+        if rule.event_set not in EVENT_SETS:
+            raise RuleError(f"rule {rule.name!r}: unknown event set {rule.event_set!r}; "
+                            f"known: {', '.join(EVENT_SETS)}")
+        ids = EVENT_SETS[rule.event_set]
+        if ids is None or ids:
+            for channel in ALL_CHANNELS:
+                matcher = matchers.setdefault(channel.casefold(), _ChannelMatcher())
+                if ids is None:
+                    matcher.take_all = True
+                else:
+                    matcher.event_ids |= ids
+    for number, text in enumerate(rule.xpath, 1):
+        try:
+            queries = compile_queries(text, clock)
+        except XPathError as exc:
+            raise RuleError(f"rule {rule.name!r}, query {number} {text[:200]!r}: {exc}") from None
+        for query in queries:
+            _add_query(matchers, query)
+    return CompiledRule(rule.name, {channel: m.compile() for channel, m in matchers.items()})
+
+
+def _is_default(patterns: Sequence[str]) -> bool:
+    return bool(patterns) and all(p.strip() == "*" for p in patterns)
+
+
+class RuleSet:
+    """Every rule, compiled, and the choice of rule per computer (cached)."""
+
+    def __init__(self, ordered: list[tuple[tuple[str, ...], CompiledRule]]) -> None:
+        self._ordered = ordered
+        self._cache: dict[str, CompiledRule] = {}
+
+    @classmethod
+    def compile(cls, rules: Sequence[RuleLike], *, clock: Callable[[], float] = time.time) -> RuleSet:
+        specific: list[tuple[tuple[str, ...], CompiledRule]] = []
+        default: list[tuple[tuple[str, ...], CompiledRule]] = []
+        for rule in rules:
+            if not rule.computers:
+                raise RuleError(f"rule {rule.name!r}: computers must name at least one pattern")
+            compiled = compile_rule(rule, clock)
+            patterns = tuple(p.strip().casefold() for p in rule.computers)
+            (default if _is_default(rule.computers) else specific).append((patterns, compiled))
+        return cls(specific + default)
+
+    @property
+    def rules(self) -> list[CompiledRule]:
+        return [rule for _, rule in self._ordered]
+
+    def rule_for(self, computer: str) -> CompiledRule:
+        rule = self._cache.get(computer)
+        if rule is None:
+            folded = computer.casefold()
+            rule = next(
+                (compiled for patterns, compiled in self._ordered
+                 if any(fnmatch.fnmatchcase(folded, pattern) for pattern in patterns)),
+                KEEP_NOTHING,
+            )
+            if len(self._cache) >= RULE_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[computer] = rule
+        return rule
+
+    def filter_batch(self, computer: str, events: Iterable[RawEvent]) -> list[Any]:
+        """The events of one host's batch that its rule keeps, in order."""
+        return self.rule_for(computer).filter(events)

@@ -1,0 +1,636 @@
+"""RawEvent -> SecurityEvent row, the way the Microsoft agents write the Log Analytics ``SecurityEvent`` table.
+
+Pure functions, no I/O. The rules (docs/normalization.md) come from real rows the agents wrote
+(``securityevent-golden``): values verbatim, the Activity text from the agent's catalog, EventData fields copied to
+the columns of the same name, a few derived columns (Account, AccountType, SubjectAccount, TargetAccount, Process,
+LogonTypeName), and the ``EventData`` XML kept or emptied per EventID as each agent does.
+
+Everything that depends only on the EventID is worked out once per (flavour, EventID) into a :class:`_Plan`, so the
+per-event work is dictionary look-ups and string joins: no regular expression and no XML parsing on the hot path
+(only events with UserData, AppLocker and 1102, parse their UserData).
+
+A row is a dict keyed by column name holding only non-empty values: an absent key means "empty" (string -> "",
+int/datetime -> null), as the SecurityEvent Avro schema and the sink expect.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from lxml import etree
+
+from schemas.catalog import DATA_DIR, activity
+from streams.identity import event_origin_id
+
+Flavour = Literal["ama", "mma"]
+FLAVOURS: tuple[str, ...] = ("ama", "mma")
+
+EVENT_NS = "http://schemas.microsoft.com/win/2004/08/events/event"
+SOURCE_SYSTEM = "OpsManager"
+
+# ----------------------------------------------------------------------------------------------- column catalog
+
+
+def _column_records() -> list[dict[str, Any]]:
+    return list(json.loads((DATA_DIR / "securityevent_columns.json").read_text(encoding="utf-8")))
+
+
+_RECORDS = _column_records()
+_COLUMN_TYPE = {str(c["name"]): str(c.get("workspace_type") or c["type"]) for c in _RECORDS}
+
+# Columns the normaliser fills from System, the agent or derivation rules: an EventData field of the same name
+# (there are none in the Windows manifests, but input is untrusted) must never overwrite them.
+SYSTEM_COLUMNS = frozenset({
+    "TenantId", "TimeGenerated", "SourceSystem", "Account", "AccountType", "Computer", "EventSourceName", "Channel",
+    "Task", "Level", "EventData", "EventID", "Activity", "PartitionKey", "RowKey", "StorageAccount",
+    "AzureDeploymentID", "AzureTableName", "SubjectAccount", "TargetAccount", "Process", "LogonTypeName",
+    "SourceComputerId", "EventLevelName", "EventOriginId", "MG", "TimeCollected", "ManagementGroupName",
+    "SystemUserId", "Version", "Opcode", "Keywords", "Correlation", "SystemProcessId", "SystemThreadId",
+    "EventRecordId", "Type",
+})
+DATA_COLUMNS = frozenset(
+    name for name in _COLUMN_TYPE if name not in SYSTEM_COLUMNS and not name.startswith("_")
+)
+INT_DATA_COLUMNS = frozenset(name for name in DATA_COLUMNS if _COLUMN_TYPE[name] == "int")
+GUID_DATA_COLUMNS = frozenset(name for name in DATA_COLUMNS if _COLUMN_TYPE[name] == "guid")
+
+# ------------------------------------------------------------------------------------ per-EventID agent behaviour
+# Evidence: docs/normalization.md, "EventData kept or emptied". Each set names the golden rows it comes from.
+
+# EventData emptied: every field is in a column. Seen for both agents unless noted.
+_EMPTY_BOTH = frozenset({
+    4624,  # MMA: misc/api 2023, otrf/GoldenSAML; AMA: azure-sentinel/asim_authentication 2024
+    4625,  # AMA: asim_authentication; Azure-Sentinel issue #12238
+    4648,  # MMA: msticpy/all_events_df
+    4672,  # MMA: msticpy/all_events_df
+    4688,  # AMA: otrf/Log4Shell (row without EventData); MMA: msticpy projections carry every field in columns
+})
+EVENT_DATA_EMPTIED: dict[str, frozenset[int]] = {
+    # 4767: AMA, asim_userManagement. 4662: MMA only seen; assumed the same for AMA (the columns hold every field).
+    "ama": _EMPTY_BOTH | {4767, 4662},
+    # 4662: MMA, otrf/GoldenSAML. 4767: AMA only seen; assumed the same for MMA.
+    "mma": _EMPTY_BOTH | {4662, 4767},
+}
+
+# Not parsed: EventData kept and no column filled, not even Account.
+_UNPARSED_BOTH = frozenset({
+    4656, 5156, 5158,  # AMA: otrf/Log4Shell
+    4744, 4748, 4749, 4753, 4759, 4763,  # AMA: asim_userManagement ("security-disabled" groups) + upstream CSV
+    5058, 5061,  # MMA: msticpy/all_events_df
+    4627, 4703,  # Azure-Sentinel issue #12585 (with 5158, 4656, 5058)
+})
+EVENT_DATA_UNPARSED: dict[str, frozenset[int]] = {"ama": _UNPARSED_BOTH, "mma": _UNPARSED_BOTH}
+
+# Account is the Target account for these; for 4776 it stays empty although TargetUserName is set.
+TARGET_ACCOUNT_IDS = frozenset({4624, 4625, 4740})
+NO_ACCOUNT_IDS = frozenset({4776})
+# 4740 has an Account but AccountType "" (asim_userManagement).
+NO_ACCOUNT_TYPE_IDS = frozenset({4740})
+
+# AppLocker rows fill only these columns from UserData (8002 leaves TargetLogonId empty, msticpy/all_events_df);
+# Account would be the TargetUser SID resolved on the host, which cannot be done from the event alone.
+APPLOCKER_IDS = frozenset({8001, 8002, 8003, 8004, 8005, 8006, 8007})
+APPLOCKER_COLUMNS = frozenset({"FilePath", "FileHash", "Fqbn", "TargetUser"})
+
+LOGON_TYPE_NAMES = {
+    2: "Interactive", 3: "Network", 4: "Batch", 5: "Service", 7: "Unlock", 8: "NetworkCleartext",
+    9: "NewCredentials", 10: "RemoteInteractive", 11: "CachedInteractive", 12: "CachedRemoteInteractive",
+    13: "CachedUnlock",
+}
+_LOGON_TYPE_NAME = {n: f"{n} - {name}" for n, name in LOGON_TYPE_NAMES.items()}
+
+# Well-known SIDs of the machine's own service accounts (SYSTEM, LOCAL SERVICE, NETWORK SERVICE).
+MACHINE_SIDS = frozenset({"S-1-5-18", "S-1-5-19", "S-1-5-20"})
+MACHINE_ACCOUNT_NAMES = frozenset({"SYSTEM", "LOCAL SERVICE", "NETWORK SERVICE"})
+
+# (RawEvent field, column) copied as they are when present, for both agents and for AMA only.
+SYSTEM_VERBATIM = (("computer", "Computer"), ("provider_name", "EventSourceName"), ("channel", "Channel"),
+                   ("task", "Task"))
+AMA_VERBATIM = (("version", "Version"), ("keywords", "Keywords"), ("activity_id", "Correlation"),
+                ("process_id", "SystemProcessId"), ("thread_id", "SystemThreadId"))
+
+EVENT_LEVEL_NAMES = {0: "LogAlways", 1: "Critical", 2: "Error", 3: "Warning", 4: "Informational", 5: "Verbose"}
+
+# The legacy agent writes the classic event type as Level: audit success 8, audit failure 16, else from the level.
+KEYWORD_AUDIT_SUCCESS = 0x0020000000000000
+KEYWORD_AUDIT_FAILURE = 0x0010000000000000
+MMA_LEVEL_AUDIT_SUCCESS = "8"
+MMA_LEVEL_AUDIT_FAILURE = "16"
+MMA_LEVEL_BY_LEVEL = {0: "4", 1: "1", 2: "1", 3: "2", 4: "4", 5: "4"}
+_LEVEL_TEXT = {n: str(n) for n in range(256)}
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizeContext:
+    """What a row needs beyond the event: per-deployment constants the agent would add.
+
+    ``management_group_name`` is ``"AOI-<workspace id>"`` for direct agents and ``mg`` the management group id
+    (``00000000-0000-0000-0000-000000000001``); empty means not set. ``TimeCollected`` is taken from the event's
+    ``provenance.read_time_us`` and ``SourceComputerId`` from ``provenance.agent_id`` when that is a GUID.
+    """
+
+    management_group_name: str = ""
+    mg: str = ""
+
+
+DEFAULT_CONTEXT = NormalizeContext()
+
+
+class NormalizeError(ValueError):
+    """An event that cannot become a row; the message is the dead-letter reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    activity: str
+    parse: bool  # copy EventData fields into columns, derive Account & co.
+    keep_event_data: bool
+    account: Literal["auto", "target", "none"]
+    account_type: bool
+    userdata_columns: frozenset[str] | None  # None = every leaf named like a column
+
+
+def _make_plan(flavour: str, event_id: int) -> _Plan:
+    parse = event_id not in EVENT_DATA_UNPARSED[flavour]
+    if event_id in APPLOCKER_IDS:
+        account: Literal["auto", "target", "none"] = "none"
+    elif event_id in NO_ACCOUNT_IDS:
+        account = "none"
+    elif event_id in TARGET_ACCOUNT_IDS:
+        account = "target"
+    else:
+        account = "auto"
+    return _Plan(
+        activity=activity(event_id),
+        parse=parse,
+        keep_event_data=not (parse and event_id in EVENT_DATA_EMPTIED[flavour]),
+        account=account,
+        account_type=event_id not in NO_ACCOUNT_TYPE_IDS,
+        userdata_columns=APPLOCKER_COLUMNS if event_id in APPLOCKER_IDS else None,
+    )
+
+
+_PLANS: dict[str, dict[int, _Plan]] = {flavour: {} for flavour in FLAVOURS}
+
+
+def plan_for(flavour: str, event_id: int) -> _Plan:
+    plans = _PLANS.get(flavour)
+    if plans is None:
+        raise ValueError(f"unknown agent flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
+    plan = plans.get(event_id)
+    if plan is None:
+        plan = _make_plan(flavour, event_id)
+        if len(plans) < 70_000:  # EventIDs are 16-bit; untrusted input must not grow the cache without bound
+            plans[event_id] = plan
+    return plan
+
+
+def event_data_policy(flavour: str, event_id: int) -> str:
+    """"emptied", "kept" (fields also in columns) or "unparsed" (kept, no column filled), for docs and tests."""
+    plan = plan_for(flavour, event_id)
+    if not plan.parse:
+        return "unparsed"
+    return "kept" if plan.keep_event_data else "emptied"
+
+
+# ------------------------------------------------------------------------------------------------- times
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TICKS_PER_SECOND = 10_000_000
+
+
+class _SecondCache:
+    """``YYYY-MM-DDTHH:MM:SS`` per whole second (events of a batch share few seconds), and the last full value
+    (every event of a batch has the same read time). Each memo is one tuple, replaced in one assignment, so
+    threads sharing the cache never see a key with another key's value."""
+
+    __slots__ = ("_last", "_second")
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1 << 62, "")
+        self._last: tuple[int, str] = (-1 << 62, "")
+
+    def iso(self, ticks: int) -> str:
+        last = self._last
+        if last[0] == ticks:
+            return last[1]
+        second, fraction = divmod(ticks, TICKS_PER_SECOND)
+        cached = self._second
+        if cached[0] == second:
+            prefix = cached[1]
+        else:
+            prefix = f"{_EPOCH + timedelta(seconds=second):%Y-%m-%dT%H:%M:%S}"
+            self._second = (second, prefix)
+        text = f"{prefix}.{fraction:07d}Z"
+        self._last = (ticks, text)
+        return text
+
+
+_TIME_GENERATED = _SecondCache()
+_TIME_COLLECTED = _SecondCache()
+
+
+def ticks_to_iso(ticks: int) -> str:
+    """100 ns ticks since the Unix epoch -> ``2023-04-10T07:47:01.9710164Z``."""
+    return _TIME_GENERATED.iso(ticks)
+
+
+# ------------------------------------------------------------------------------------------------- values
+
+_GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+_agent_guid_cache: dict[str, str | None] = {}
+
+
+def parse_int(value: str) -> int | None:
+    """Decimal or ``0x`` hex, as Windows writes numbers; None for anything else (the caller keeps the text)."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    if value[:2] in ("0x", "0X"):
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None
+
+
+def strip_guid(value: str) -> str | None:
+    """``{xxxxxxxx-...}`` -> ``xxxxxxxx-...``; None when it is not a GUID (a guid column cannot hold it)."""
+    if value[:1] == "{" and value[-1:] == "}":
+        value = value[1:-1]
+    return value if _GUID.fullmatch(value) else None
+
+
+def _agent_guid(agent_id: str) -> str | None:
+    cached = _agent_guid_cache.get(agent_id, "")
+    if cached == "":
+        cached = strip_guid(agent_id)
+        if len(_agent_guid_cache) < 100_000:
+            _agent_guid_cache[agent_id] = cached
+    return cached
+
+
+def _escape_text(value: str) -> str:
+    if "&" in value or "<" in value or ">" in value:
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return value
+
+
+def _escape_attr(value: str) -> str:
+    return _escape_text(value).replace('"', "&quot;")
+
+
+# ------------------------------------------------------------------------------------------------- EventData XML
+# The agents write the element pretty-printed: one child per line, two spaces per level, CRLF, the element's
+# namespace declared on it. Text is escaped like XML text (&, <, >); quotes and apostrophes stay as they are.
+
+_CRLF = "\r\n"
+EVENT_DATA_OPEN = f'<EventData xmlns="{EVENT_NS}">{_CRLF}'
+EVENT_DATA_CLOSE = "</EventData>"
+_DATA_CLOSE = f"</Data>{_CRLF}"
+_data_heads: dict[str | None, tuple[str, str]] = {}
+
+
+def _data_head(name: str | None) -> tuple[str, str]:
+    """(opening tag, empty-element form) of a ``<Data>`` line, cached per field name."""
+    heads = _data_heads.get(name)
+    if heads is None:
+        if name is None:
+            heads = ("  <Data>", f"  <Data />{_CRLF}")
+        else:
+            escaped = _escape_attr(name)
+            heads = (f'  <Data Name="{escaped}">', f'  <Data Name="{escaped}" />{_CRLF}')
+        if len(_data_heads) < 100_000:
+            _data_heads[name] = heads
+    return heads
+
+
+def event_data_xml(items: Iterable[Mapping[str, Any]]) -> str:
+    """The ``EventData`` column for an event's ``event_data`` list."""
+    parts = [EVENT_DATA_OPEN]
+    append = parts.append
+    heads = _data_heads
+    for item in items:
+        name = item["name"]
+        head_empty = heads.get(name) or _data_head(name)
+        value = item["value"]
+        if not value:
+            append(head_empty[1])
+        elif "&" in value or "<" in value or ">" in value:
+            append(f"{head_empty[0]}{_escape_text(value)}{_DATA_CLOSE}")
+        else:
+            append(f"{head_empty[0]}{value}{_DATA_CLOSE}")
+    append(EVENT_DATA_CLOSE)
+    return "".join(parts)
+
+
+_USERDATA_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+
+
+def _split_tag(tag: str) -> tuple[str | None, str]:
+    if tag[:1] == "{":
+        ns, _, local = tag[1:].partition("}")
+        return ns, local
+    return None, tag
+
+
+def _write_element(el: etree._Element, depth: int, parent_ns: str | None, out: list[str],
+                   leaves: list[tuple[str, str]]) -> None:
+    ns, local = _split_tag(el.tag)
+    indent = "  " * depth
+    attrs = "".join(f' {_split_tag(k)[1]}="{_escape_attr(v)}"' for k, v in el.attrib.items())
+    if depth == 0:
+        ns_decl, ns = f' xmlns="{EVENT_NS}"', EVENT_NS
+    else:
+        ns_decl = f' xmlns="{ns}"' if ns is not None and ns != parent_ns else ""
+        ns = ns if ns is not None else parent_ns
+    children = [c for c in el if isinstance(c.tag, str)]
+    if children:
+        out.append(f"{indent}<{local}{ns_decl}{attrs}>{_CRLF}")
+        for child in children:
+            _write_element(child, depth + 1, ns, out, leaves)
+        out.append(f"{indent}</{local}>{_CRLF}")
+        return
+    text = el.text or ""
+    leaves.append((local, text))
+    if text:
+        out.append(f"{indent}<{local}{ns_decl}{attrs}>{_escape_text(text)}</{local}>{_CRLF}")
+    else:
+        out.append(f"{indent}<{local}{ns_decl}{attrs} />{_CRLF}")
+
+
+def user_data_xml(raw_xml: str) -> tuple[str, list[tuple[str, str]]]:
+    """Raw ``<UserData>`` XML -> (the agents' pretty-printed form, the (name, text) of its leaf elements).
+
+    Raises NormalizeError when the XML is not readable.
+    """
+    try:
+        root = etree.fromstring(raw_xml.encode("utf-8"), _USERDATA_PARSER)
+    except (etree.XMLSyntaxError, ValueError) as exc:
+        raise NormalizeError(f"UserData is not well-formed XML: {exc}") from None
+    if root.getroottree().docinfo.internalDTD is not None:
+        raise NormalizeError("UserData must not contain a DOCTYPE")
+    out: list[str] = []
+    leaves: list[tuple[str, str]] = []
+    _write_element(root, 0, None, out, leaves)
+    return "".join(out).removesuffix(_CRLF), leaves
+
+
+# ------------------------------------------------------------------------------------------------- derivations
+
+
+def _join_account(domain: str | None, user: str | None) -> str | None:
+    if user and domain:
+        return f"{domain}\\{user}"
+    return user or domain or None
+
+
+def _basename(path: str) -> str:
+    return path.rpartition("\\")[2]
+
+
+def _account_type(user: str | None, sid: str | None) -> str:
+    if (user and user[-1] == "$") or sid in MACHINE_SIDS or user in MACHINE_ACCOUNT_NAMES:
+        return "Machine"
+    return "User"
+
+
+def _derive(row: dict[str, Any], plan: _Plan) -> None:
+    get = row.get
+    subject_user, subject_domain = get("SubjectUserName"), get("SubjectDomainName")
+    target_user, target_domain = get("TargetUserName"), get("TargetDomainName")
+    subject = _join_account(subject_domain, subject_user)
+    target = _join_account(target_domain, target_user)
+    if subject:
+        row["SubjectAccount"] = subject
+    if target:
+        row["TargetAccount"] = target
+
+    account: str | None = None
+    user: str | None = None
+    sid: str | None = None
+    if plan.account == "target":
+        account, user, sid = target, target_user, get("TargetUserSid")
+    elif plan.account == "auto":
+        if subject_user:
+            account, user, sid = subject, subject_user, get("SubjectUserSid")
+        elif target_user:
+            account, user, sid = target, target_user, get("TargetUserSid") or get("TargetSid")
+    if account:
+        row["Account"] = account
+        if plan.account_type:
+            row["AccountType"] = _account_type(user, sid)
+
+    path = get("NewProcessName") or get("ProcessName") or get("FilePath")
+    if path:
+        row["Process"] = _basename(path)
+
+    logon_type = get("LogonType")
+    if logon_type is not None:
+        name = _LOGON_TYPE_NAME.get(logon_type)
+        if name:
+            row["LogonTypeName"] = name
+
+
+_PLAIN, _INT, _GUID_KIND = 0, 1, 2
+# Field name -> how its value goes into the column of the same name (one dict look-up per field on the hot path).
+_DATA_COLUMN_KIND: dict[str, int] = {
+    name: _INT if name in INT_DATA_COLUMNS else _GUID_KIND if name in GUID_DATA_COLUMNS else _PLAIN
+    for name in DATA_COLUMNS
+}
+
+
+def _set_typed(row: dict[str, Any], name: str, value: str, kind: int) -> bool:
+    """Store an int or guid column; False (nothing stored) when the text is not of that type."""
+    typed = parse_int(value) if kind == _INT else strip_guid(value)
+    if typed is None:
+        return False
+    row[name] = typed
+    return True
+
+
+def _copy_event_data(row: dict[str, Any], items: Iterable[Mapping[str, Any]]) -> bool:
+    """Copy EventData fields named like a column (first occurrence wins). False when a value could not be typed."""
+    typed_ok = True
+    kinds = _DATA_COLUMN_KIND
+    for item in items:
+        name = item["name"]
+        kind = kinds.get(name)
+        if kind is None:
+            continue
+        value = item["value"]
+        if not value or name in row:
+            continue
+        if kind == _PLAIN:
+            row[name] = value
+        elif not _set_typed(row, name, value, kind):
+            typed_ok = False
+    return typed_ok
+
+
+def _copy_leaves(row: dict[str, Any], leaves: Iterable[tuple[str, str]], allowed: frozenset[str]) -> bool:
+    """UserData leaves named like an allowed column, typed like EventData fields."""
+    typed_ok = True
+    for name, value in leaves:
+        if name not in allowed or not value or name in row:
+            continue
+        kind = _DATA_COLUMN_KIND.get(name, _PLAIN)
+        if kind == _PLAIN:
+            row[name] = value
+        elif not _set_typed(row, name, value, kind):
+            typed_ok = False
+    return typed_ok
+
+
+# ------------------------------------------------------------------------------------------------- entry points
+
+
+def _level(raw_event: Mapping[str, Any], flavour: str) -> str | None:
+    level = raw_event["level"]
+    if flavour == "ama":
+        return None if level is None else _LEVEL_TEXT.get(level) or str(level)
+    keywords = _keywords_int(raw_event["keywords"])
+    if keywords & KEYWORD_AUDIT_SUCCESS:
+        return MMA_LEVEL_AUDIT_SUCCESS
+    if keywords & KEYWORD_AUDIT_FAILURE:
+        return MMA_LEVEL_AUDIT_FAILURE
+    return MMA_LEVEL_BY_LEVEL.get(level if level is not None else 0, "4")
+
+
+_keywords_cache: dict[str, int] = {}
+
+
+def _keywords_int(keywords: str | None) -> int:
+    if not keywords:
+        return 0
+    value = _keywords_cache.get(keywords)
+    if value is None:
+        parsed = parse_int(keywords.strip())
+        value = parsed if parsed is not None else 0
+        if len(_keywords_cache) < 10_000:
+            _keywords_cache[keywords] = value
+    return value
+
+
+def normalize_event(
+    raw_event: Mapping[str, Any], *, flavour: str = "ama", context: NormalizeContext = DEFAULT_CONTEXT
+) -> dict[str, Any]:
+    """One RawEvent dict -> one SecurityEvent row (only non-empty columns). Raises NormalizeError."""
+    event_id = raw_event.get("event_id")
+    ticks = raw_event.get("time_created")
+    if type(event_id) is not int or type(ticks) is not int:
+        raise NormalizeError("event has no event_id or time_created" if event_id is None or ticks is None
+                             else "event_id and time_created must be integers")
+    plan = plan_for(flavour, event_id)
+    try:
+        return _row(raw_event, event_id, ticks, plan, flavour, context)
+    except KeyError as exc:
+        raise NormalizeError(f"event has no {exc.args[0]!r} field") from None
+
+
+def _row(raw_event: Mapping[str, Any], event_id: int, ticks: int, plan: _Plan, flavour: str,
+         context: NormalizeContext) -> dict[str, Any]:
+    # RawEvent dicts carry every field of the Avro schema, so fields are indexed, not .get()-ed.
+    row: dict[str, Any] = {
+        "TimeGenerated": _TIME_GENERATED.iso(ticks),
+        "SourceSystem": SOURCE_SYSTEM,
+        "EventID": event_id,
+        "Activity": plan.activity,
+        "EventOriginId": event_origin_id(raw_event),
+    }
+    _copy_system(row, raw_event, SYSTEM_VERBATIM)
+    level = _level(raw_event, flavour)
+    if level is not None:
+        row["Level"] = level
+
+    items = raw_event["event_data"] or ()
+    user_data = raw_event["user_data_xml"]
+    # UserData (AppLocker, 1102) is the only part that needs an XML parse; events with it are rare.
+    user_xml, leaves = user_data_xml(user_data) if user_data and not items else (None, [])
+    keep = plan.keep_event_data
+    if plan.parse:
+        typed_ok = _copy_event_data(row, items)
+        if leaves:
+            typed_ok = _copy_leaves(row, leaves, plan.userdata_columns or DATA_COLUMNS) and typed_ok
+        _derive(row, plan)
+        # A value a typed column cannot hold is not dropped: EventData keeps it even where it is normally emptied.
+        keep = keep or not typed_ok
+    if keep:
+        if items:
+            row["EventData"] = event_data_xml(items)
+        elif user_xml:
+            row["EventData"] = user_xml
+
+    if flavour == "ama":
+        _ama_columns(row, raw_event)
+    _pipeline_columns(row, raw_event, context)
+    return row
+
+
+def _copy_system(row: dict[str, Any], raw_event: Mapping[str, Any], fields: tuple[tuple[str, str], ...]) -> None:
+    for field, column in fields:
+        value = raw_event[field]
+        if value is not None and value != "":
+            row[column] = value
+
+
+def _ama_columns(row: dict[str, Any], raw_event: Mapping[str, Any]) -> None:
+    _copy_system(row, raw_event, AMA_VERBATIM)
+    level = raw_event["level"]
+    if level is not None:
+        level_name = EVENT_LEVEL_NAMES.get(level)
+        if level_name:
+            row["EventLevelName"] = level_name
+    opcode = raw_event["opcode"]
+    if opcode is not None:
+        row["Opcode"] = str(opcode)
+    record_id = raw_event["event_record_id"]
+    if record_id is not None:
+        row["EventRecordId"] = str(record_id)
+    row["SystemUserId"] = raw_event["user_id"] or "N/A"
+
+
+def _pipeline_columns(row: dict[str, Any], raw_event: Mapping[str, Any], context: NormalizeContext) -> None:
+    if context.mg:
+        row["MG"] = context.mg
+    if context.management_group_name:
+        row["ManagementGroupName"] = context.management_group_name
+    provenance = raw_event["provenance"]
+    if provenance:
+        read_time_us = provenance.get("read_time_us")
+        if read_time_us:
+            row["TimeCollected"] = _TIME_COLLECTED.iso(read_time_us * 10)
+        agent_id = provenance.get("agent_id")
+        if agent_id:
+            guid = _agent_guid(agent_id)
+            if guid:
+                row["SourceComputerId"] = guid
+
+
+def normalize_batch(
+    raw_events: Iterable[Mapping[str, Any]],
+    *,
+    flavour: str = "ama",
+    context: NormalizeContext = DEFAULT_CONTEXT,
+) -> tuple[list[dict[str, Any]], list[tuple[Mapping[str, Any], str]]]:
+    """Normalise a batch: (rows, [(event, reason), ...] for events that cannot become a row -> dead letter).
+
+    An unknown ``flavour`` is a programming/configuration error and raises ValueError for the whole batch.
+    """
+    plan_for(flavour, 0)  # validates the flavour once
+    rows: list[dict[str, Any]] = []
+    rejected: list[tuple[Mapping[str, Any], str]] = []
+    for raw_event in raw_events:
+        try:
+            rows.append(normalize_event(raw_event, flavour=flavour, context=context))
+        except NormalizeError as exc:
+            rejected.append((raw_event, str(exc)))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            rejected.append((raw_event, f"malformed event: {exc.__class__.__name__}: {exc}"))
+    return rows, rejected
