@@ -1,64 +1,177 @@
-"""``make demo``: start the embedded broker, provision topics, push data through, print what arrived, stop."""
+"""``make demo``: the whole pipeline on one machine, over the dev corpus.
+
+embedded broker + local workspace → ``secstream produce`` (corpus) → Kafka → ``secstream stream`` → Kafka →
+``secstream sink`` → workspace; then it prints what arrived: rows per EventID and per event set, last data received
+per Computer, throughput and end-to-end latency. Every stage runs as its own ``secstream`` process, exactly as a
+user would run it; everything is stopped at the end.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
-import uuid
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka import Consumer, Producer
+import yaml
 from rich.console import Console
+from rich.table import Table
 
+from schemas.event_sets import EVENT_SETS
 from secstream.broker import EmbeddedBroker
-from secstream.config import Settings, load_settings
-from secstream.kafka import consumer_config, producer_config
-from secstream.topics import ensure_topics
+from secstream.config import load_settings
+from workspace.testing import WorkspaceEmulator
 
 console = Console()
-STATE = Path(".state/demo")
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / ".state" / "demo"
+DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "dev"
+SETTLE_SECONDS = 8.0  # no new rows for this long after the producer finished: the pipeline has drained
+TIMEOUT_SECONDS = 900.0
 
 
-def kafka_round_trip(settings: Settings, messages: int = 1000) -> float:
-    """Produce to the raw topic and read it back; returns messages/s."""
-    topic = settings.topics.raw
-    producer = Producer(producer_config(settings.kafka))
-    payloads = [f"demo-{i}".encode() for i in range(messages)]
-    start = time.perf_counter()
-    for i, value in enumerate(payloads):
-        producer.produce(topic, key=f"host-{i % 10}".encode(), value=value)
-    if producer.flush(30) != 0:
-        raise RuntimeError("the broker did not acknowledge every demo message")
-    consumer = Consumer(consumer_config(settings.kafka, group_id=f"secstream-demo-{uuid.uuid4().hex[:8]}"))
-    consumer.subscribe([topic])
-    seen: set[bytes] = set()
-    deadline = time.monotonic() + 60
-    while len(seen) < messages and time.monotonic() < deadline:
-        for msg in consumer.consume(1000, timeout=0.5):
-            if msg.error() is None and msg.value() in payloads:
-                seen.add(msg.value())
-    consumer.close()
-    elapsed = time.perf_counter() - start
-    if len(seen) != messages:
-        raise RuntimeError(f"round trip lost messages: {len(seen)} of {messages} came back")
-    return messages / elapsed
+def demo_config(bootstrap: str, destination: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "kafka": {"bootstrap_servers": bootstrap},
+        "topics": {"raw_partitions": 4, "normalized_partitions": 4, "retention_ms": 24 * 3600 * 1000},
+        "rules": [{"name": "default", "computers": ["*"], "event_set": "Common"}],
+        # The demo filters at the source as well: only what the rules keep travels (and sits in broker RAM).
+        "producer": {"source_filter": True, "state_file": str(STATE / "producer" / "checkpoints.json")},
+        "stream": {"data_dir": str(STATE / "stream")},
+        "destinations": [destination],
+        "status": {"interval_seconds": 2.0},
+    }
 
 
-def main() -> None:
+class Stage:
+    """One ``secstream`` process with its log file."""
+
+    def __init__(self, name: str, args: list[str], config: Path) -> None:
+        self.name = name
+        self.log_path = STATE / f"{name}.log"
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed in stop()
+        self._log = log
+        env = {**os.environ, "SECSTREAM_CONFIG": str(config)}
+        self.process = subprocess.Popen([sys.executable, "-m", "secstream.cli", "--log-level", "info", *args],
+                                        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.running():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for_rows(ws: WorkspaceEmulator, producer: Stage, stages: list[Stage]) -> None:
+    """Show progress until the producer is done and the workspace stops growing."""
+    last_count, last_change = -1, time.monotonic()
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    with console.status("pushing the corpus through the pipeline") as status:
+        while time.monotonic() < deadline:
+            for stage in stages:
+                if not stage.running() and stage is not producer:
+                    raise RuntimeError(f"{stage.name} exited early:\n{stage.tail()}")
+            if not producer.running() and producer.process.returncode != 0:
+                raise RuntimeError(f"producer failed:\n{producer.tail()}")
+            count = ws.count()
+            if count != last_count:
+                last_count, last_change = count, time.monotonic()
+            status.update(f"rows in the workspace: {count:,}" + ("" if producer.running() else " (producer done)"))
+            if not producer.running() and count > 0 and time.monotonic() - last_change > SETTLE_SECONDS:
+                return
+            time.sleep(0.5)
+    raise RuntimeError("the pipeline did not drain in time")
+
+
+def report(ws: WorkspaceEmulator, started: float) -> None:
+    rows = ws.query("SELECT EventID, COUNT(*) AS n FROM SecurityEvent GROUP BY EventID ORDER BY n DESC")
+    total = sum(r["n"] for r in rows)
+    per_id = Table("EventID", "rows", title=f"{total:,} SecurityEvent rows arrived", show_lines=False)
+    for r in rows[:25]:
+        per_id.add_row(str(r["EventID"]), f"{r['n']:,}")
+    if len(rows) > 25:
+        per_id.add_row(f"… {len(rows) - 25} more IDs", f"{sum(r['n'] for r in rows[25:]):,}")
+    console.print(per_id)
+
+    counts = {r["EventID"]: r["n"] for r in rows}
+    sets = Table("event set", "rows that belong to it", title="rows per event set")
+    for name in ("Minimal", "Common", "All"):
+        ids = EVENT_SETS[name]
+        sets.add_row(name, f"{sum(n for i, n in counts.items() if ids is None or i in ids):,}")
+    console.print(sets)
+
+    hosts = ws.query("SELECT Computer, COUNT(*) AS n, MAX(TimeGenerated) AS last_event, "
+                     "MAX(_TimeReceived) AS last_received FROM SecurityEvent GROUP BY Computer ORDER BY n DESC")
+    per_host = Table("Computer", "rows", "last event (TimeGenerated)", "last data received",
+                     title="last data received per Computer")
+    for h in hosts:
+        per_host.add_row(h["Computer"], f"{h['n']:,}", str(h["last_event"]), str(h["last_received"]))
+    console.print(per_host)
+
+    latency = ws.query(
+        "SELECT (julianday(_TimeReceived) - julianday(TimeCollected)) * 86400.0 AS s FROM SecurityEvent "
+        "WHERE TimeCollected IS NOT NULL AND TimeCollected != '' ORDER BY s"
+    )
+    first_last = ws.query("SELECT MIN(_TimeReceived) AS first, MAX(_TimeReceived) AS last FROM SecurityEvent")[0]
+    elapsed = time.monotonic() - started
+    console.print(f"throughput: {total:,} rows in {elapsed:.1f} s end to end, including start-up "
+                  f"({total / elapsed:,.0f} rows/s)")
+    if latency:
+        values = [r["s"] for r in latency]
+        p50, p99 = values[len(values) // 2], values[min(len(values) - 1, int(len(values) * 0.99))]
+        console.print(f"latency from read at the source to received by the workspace: p50 {p50:.2f} s, "
+                      f"p99 {p99:.2f} s (the corpus is read as fast as possible, so this includes queueing)")
+    console.print(f"first row received {first_last['first']}, last {first_last['last']}")
+
+
+def main(corpus: Path = DEFAULT_CORPUS) -> None:
+    if not corpus.is_dir():
+        raise SystemExit(f"the dev corpus is not at {corpus}")
+    shutil.rmtree(STATE, ignore_errors=True)
+    STATE.mkdir(parents=True)
     base = load_settings()
-    broker = EmbeddedBroker(data_dir=STATE / "broker", port=base.broker.port, host=base.broker.host)
-    settings = base.model_copy(update={"kafka": base.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap})})
     console.rule("secstream demo")
-    pid = broker.start()
-    console.print(f"embedded broker on {broker.bootstrap} (pid {pid})")
-    try:
-        for result in ensure_topics(settings):
-            console.print(f"topic {result.spec.name}: {result.action} ({result.spec.partitions} partitions)")
-        rate = kafka_round_trip(settings)
-        console.print(f"round trip through Kafka: 1000 messages, {rate:,.0f} messages/s")
-    finally:
-        broker.stop()
-        console.print("broker stopped")
+    started = time.monotonic()
+    with ExitStack() as stack:
+        broker = EmbeddedBroker(data_dir=STATE / "broker", port=base.broker.port, host=base.broker.host)
+        broker.start()
+        stack.callback(broker.stop)
+        console.print(f"embedded broker on {broker.bootstrap}")
+        ws = stack.enter_context(WorkspaceEmulator(STATE / "workspace"))
+        console.print(f"workspace emulator on {ws.endpoint} (CA {ws.ca_path})")
+
+        config = STATE / "config.yaml"
+        config.write_text(yaml.safe_dump(demo_config(broker.bootstrap, ws.destination("demo")), sort_keys=False))
+        subprocess.run([sys.executable, "-m", "secstream.cli", "--config", str(config), "topics", "create"],
+                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+
+        stream = Stage("stream", ["stream"], config)
+        sink = Stage("sink", ["sink", "--destination", "demo"], config)
+        producer = Stage("producer", ["produce", "--quiet", str(corpus)], config)
+        stages = [producer, stream, sink]
+        for stage in reversed(stages):
+            stack.callback(stage.stop)
+        console.print(f"stages running: {', '.join(s.name for s in stages)} (logs in {STATE})")
+        wait_for_rows(ws, producer, stages)
+        console.print(producer.tail(6))
+        report(ws, started)
+    console.print("everything stopped")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CORPUS)
