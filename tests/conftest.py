@@ -11,6 +11,7 @@ import pytest
 
 from secstream.broker import EmbeddedBroker
 from secstream.config import Settings
+from workspace.testing import WorkspaceEmulator
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -48,7 +49,19 @@ def settings(broker: EmbeddedBroker) -> Settings:
             "normalized": f"normalized-{run}",
             "dead_letter": f"dlq-{run}",
             "delivery_log": f"delivery-{run}",
+            "status": f"status-{run}",
             "raw_partitions": 3,
             "normalized_partitions": 3,
         },
     )
+
+
+@pytest.fixture(scope="session")
+def workspace_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkspaceEmulator]:
+    """One real Logs Ingestion API emulator (HTTPS subprocess) for the session: see ``workspace.testing``.
+
+    Shared state: filter rows by something unique to your test (Computer, _RequestId), and set faults or
+    limits only through ``with workspace_emulator.faults(...)`` / ``.limits(...)`` so they are undone.
+    """
+    with WorkspaceEmulator(tmp_path_factory.mktemp("workspace")) as emulator:
+        yield emulator

@@ -1,0 +1,196 @@
+"""The workspace's tables in SQLite: one typed table per output stream, plus DCRLogErrors and DCR metrics.
+
+WAL mode, one transaction per request: a 204 is sent only after the rows are committed, so anything the
+client saw accepted survives a restart. ``synchronous=NORMAL`` keeps commits durable across a process crash
+(not across power loss), which is what an emulator needs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workspace.dcr import Column, Table
+from workspace.paths import DB_NAME
+from workspace.shaping import EXTRA_COLUMNS, ShapedBatch, platform_defaults
+
+_SQL_TYPES = {"string": "TEXT", "guid": "TEXT", "datetime": "TEXT", "dynamic": "TEXT",
+              "int": "INTEGER", "long": "INTEGER", "boolean": "INTEGER", "real": "REAL"}
+ERRORS_TABLE = "DCRLogErrors"
+METRICS_TABLE = "DCRMetrics"
+_META_DDL = (
+    f"""CREATE TABLE IF NOT EXISTS {ERRORS_TABLE} (
+        TimeGenerated TEXT NOT NULL, DcrImmutableId TEXT NOT NULL, InputStreamId TEXT NOT NULL,
+        OperationName TEXT NOT NULL, StatusCode INTEGER NOT NULL, Code TEXT NOT NULL DEFAULT '',
+        Message TEXT NOT NULL, ClientRequestId TEXT NOT NULL DEFAULT '')""",
+    f"""CREATE TABLE IF NOT EXISTS {METRICS_TABLE} (
+        DcrImmutableId TEXT NOT NULL, InputStreamId TEXT NOT NULL, Metric TEXT NOT NULL,
+        Value INTEGER NOT NULL, LastUpdated TEXT NOT NULL,
+        PRIMARY KEY (DcrImmutableId, InputStreamId, Metric))""",
+)
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def storage_table(table: str) -> str:
+    """The physical table behind the ``table`` view."""
+    return f"_store_{table}"
+
+
+def column_ddl(c: Column) -> str:
+    return f"{quote(c.name)} {_SQL_TYPES[c.type]}"
+
+
+def view_ddl(table: Table) -> str:
+    """``table`` as users see it: Kusto strings are never null, so a string left out reads as '' (or the
+    platform's value for Type/SourceSystem/_IsBillable). Nulls are stored, which keeps inserts ~1/3 cheaper
+    than NOT NULL DEFAULT columns on a 240-column table."""
+    defaults = platform_defaults(table)
+    select = []
+    for c in (*table.columns, *EXTRA_COLUMNS):
+        if c.type in ("string", "guid"):
+            select.append(f"coalesce({quote(c.name)}, {literal(defaults.get(c.name, ''))}) AS {quote(c.name)}")
+        else:
+            select.append(quote(c.name))
+    return f"CREATE VIEW {quote(table.name)} AS SELECT {', '.join(select)} FROM {quote(storage_table(table.name))}"
+
+
+@dataclass
+class ErrorRecord:
+    """One DCRLogErrors row (OperationName is Ingestion for rejected calls, Transformation for drops)."""
+
+    dcr: str
+    stream: str
+    operation: str
+    status: int
+    code: str
+    message: str
+    client_request_id: str
+
+
+@dataclass
+class RequestOutcome:
+    """Everything one request changes, written in one transaction."""
+
+    dcr: str
+    stream: str
+    time: str
+    status: int
+    batches: list[ShapedBatch] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    bytes_received: int = 0
+    records_received: int = 0
+
+    def metrics(self) -> dict[str, int]:
+        counts = {f"requests.{self.status}": 1, "bytes_received": self.bytes_received,
+                  "rows_received": self.records_received}
+        for b in self.batches:
+            counts["rows_dropped"] = counts.get("rows_dropped", 0) + b.rows_dropped
+            counts["columns_dropped"] = counts.get("columns_dropped", 0) + sum(b.columns_dropped.values())
+            counts["values_truncated"] = counts.get("values_truncated", 0) + b.values_truncated
+            counts["time_generated_replaced"] = (counts.get("time_generated_replaced", 0)
+                                                 + b.time_generated_replaced)
+            counts[f"rows_stored.{b.table}"] = counts.get(f"rows_stored.{b.table}", 0) + b.rows
+        return {k: v for k, v in counts.items() if v}
+
+
+class Store:
+    """The single writer. Readers (CLI, tests) open their own read-only connections: see ``open_reader``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / DB_NAME
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint (copy the WAL into the database, with an fsync) every ~40 MB instead of every 4 MB.
+        self.db.execute("PRAGMA wal_autocheckpoint=10000")
+        for ddl in _META_DDL:
+            self.db.execute(ddl)
+        self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def ensure_table(self, table: Table) -> None:
+        """Create the table (a typed storage table and its view), or add the columns a changed definition
+        introduced; existing data stays."""
+        store = storage_table(table.name)
+        kind = self.db.execute("SELECT type FROM sqlite_master WHERE name = ?", (table.name,)).fetchone()
+        if kind == ("table",):  # a store written before the view existed: keep its rows
+            self.db.execute(f"ALTER TABLE {quote(table.name)} RENAME TO {quote(store)}")
+        existing = {r[1] for r in self.db.execute(f"PRAGMA table_info({quote(store)})")}
+        wanted = [*table.columns, *EXTRA_COLUMNS]
+        if not existing:
+            self.db.execute(f"CREATE TABLE {quote(store)} ({', '.join(column_ddl(c) for c in wanted)})")
+        for c in wanted:
+            if existing and c.name not in existing:
+                self.db.execute(f"ALTER TABLE {quote(store)} ADD COLUMN {column_ddl(c)}")
+        self.db.execute(f"DROP VIEW IF EXISTS {quote(table.name)}")
+        self.db.execute(view_ddl(table))
+
+    def _insert(self, table: str, columns: tuple[str, ...]) -> str:
+        sql = self._insert_sql.get((table, columns))
+        if sql is None:
+            names = ", ".join(quote(c) for c in columns)
+            sql = f"INSERT INTO {quote(storage_table(table))} ({names}) VALUES ({', '.join('?' * len(columns))})"
+            self._insert_sql[(table, columns)] = sql
+        return sql
+
+    def write(self, outcome: RequestOutcome) -> None:
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            for batch in outcome.batches:
+                for columns, rows in batch.groups.items():
+                    db.executemany(self._insert(batch.table, columns), rows)
+            self._write_meta(outcome)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _write_meta(self, outcome: RequestOutcome) -> None:
+        self.db.executemany(
+            f"INSERT INTO {METRICS_TABLE} VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+            "Value = Value + excluded.Value, LastUpdated = excluded.LastUpdated",
+            [(outcome.dcr, outcome.stream, k, v, outcome.time) for k, v in outcome.metrics().items()],
+        )
+        if outcome.errors:
+            self.db.executemany(
+                f"INSERT INTO {ERRORS_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(outcome.time, e.dcr, e.stream, e.operation, e.status, e.code, e.message, e.client_request_id)
+                 for e in outcome.errors],
+            )
+
+    def delete_all(self, tables: Iterable[str]) -> None:
+        """Empty every data table and the error/metric tables (for test isolation)."""
+        self.db.execute("BEGIN")
+        for name in [*map(storage_table, tables), ERRORS_TABLE, METRICS_TABLE]:
+            self.db.execute(f"DELETE FROM {quote(name)}")
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_reader(state_dir: Path) -> sqlite3.Connection:
+    """A read-only connection to a running or stopped emulator's store."""
+    path = state_dir / DB_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no workspace store at {path} (has the emulator ever run with this state dir?)")
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def run_query(db: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+    cur = db.execute(sql, params)
+    columns = [d[0] for d in cur.description or ()]
+    return columns, [tuple(r) for r in cur.fetchall()]
