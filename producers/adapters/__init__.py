@@ -1,0 +1,1 @@
+"""Input adapters: every Windows event source mapped to RawEvent dicts."""

@@ -1,0 +1,203 @@
+"""Rendered event XML -> RawEvent: verbatim values, full time precision, hardened parsing, streaming."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import evtx
+import pytest
+from fastavro import parse_schema
+from fastavro.validation import validate
+
+from producers.adapters.event_xml import (
+    EventXmlError,
+    iter_event_xml,
+    parse_event_xml,
+    parse_event_xml_fast,
+)
+from tests.conftest import CORPUS, REPO
+
+PROV = {"source_format": "xml", "agent_id": "a1", "collector_id": None, "read_time_us": 1, "source_ref": "t"}
+RAW_EVENT_SCHEMA = parse_schema(json.loads((REPO / "schemas/avro/RawEvent.v1.avsc").read_text()))
+
+# A Get-WinEvent ToXml() rendering with everything a Windows event can carry.
+FULL_EVENT = """<Event xmlns='http://schemas.microsoft.com/win/2004/08/events/event'><System>\
+<Provider Name='Microsoft-Windows-Security-Auditing' Guid='{54849625-5478-4994-A5BA-3E3B0328C30D}' \
+EventSourceName='Security'/><EventID Qualifiers='16384'>4625</EventID><Version>0</Version><Level>0</Level>\
+<Task>12544</Task><Opcode>0</Opcode><Keywords>0x8010000000000000</Keywords>\
+<TimeCreated SystemTime='2023-04-10T07:47:01.9710164Z'/><EventRecordID>123456789012</EventRecordID>\
+<Correlation ActivityID='{D2C3A1B0-0000-0000-0000-000000000001}' \
+RelatedActivityID='{00000000-1111-2222-3333-444444444444}'/>\
+<Execution ProcessID='652' ThreadID='4012'/><Channel>Security</Channel><Computer>DC01.contoso.local</Computer>\
+<Security UserID='S-1-5-18'/></System><EventData><Data Name='SubjectUserSid'>S-1-0-0</Data>\
+<Data Name='Status'>%%2313</Data><Data>unnamed  value </Data><Data Name='Dup'>one</Data><Data Name='Dup'>two</Data>\
+<Data Name='Empty'></Data><Data Name='Spaced'>  a\tb  </Data><Data Name='Esc'>&lt;x&gt; &amp; "q"</Data>\
+</EventData><RenderingInfo Culture='en-US'><Message>An account failed to log on.</Message><Level>Information</Level>\
+</RenderingInfo></Event>"""
+
+USER_DATA_EVENT = """<Event xmlns="http://schemas.microsoft.com/win/2004/08/events/event"><System>
+<Provider Name="Microsoft-Windows-Eventlog" Guid="{fc65ddd8-d6ef-4962-83d5-6e5cfe9ce148}"/><EventID>1102</EventID>
+<TimeCreated SystemTime="2020-10-28T07:19:03.5110000Z"/><EventRecordID>7</EventRecordID><Channel>Security</Channel>
+<Computer>WORKSTATION5</Computer></System><UserData><LogFileCleared xmlns="http://manifests.microsoft.com/win/2004/08/windows/eventlog">\
+<SubjectUserSid>S-1-5-21-1</SubjectUserSid><SubjectUserName>wardog</SubjectUserName></LogFileCleared></UserData></Event>"""
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">
+<!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;"><!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;">]>
+<Event><System><EventID>1</EventID><TimeCreated SystemTime="2020-01-01T00:00:00Z"/></System>
+<EventData><Data>&lol2;</Data></EventData></Event>"""
+
+XXE = b"""<?xml version="1.0"?><!DOCTYPE e [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<Event><System><EventID>1</EventID><TimeCreated SystemTime="2020-01-01T00:00:00Z"/></System>
+<EventData><Data>&x;</Data></EventData></Event>"""
+
+
+def test_every_field_verbatim() -> None:
+    ev = parse_event_xml(FULL_EVENT, PROV)
+    assert validate(ev, RAW_EVENT_SCHEMA)
+    assert ev["provider_name"] == "Microsoft-Windows-Security-Auditing"
+    assert ev["provider_guid"] == "{54849625-5478-4994-A5BA-3E3B0328C30D}"
+    assert ev["event_source_name"] == "Security"
+    assert (ev["event_id"], ev["qualifiers"], ev["version"], ev["level"], ev["task"], ev["opcode"]) == (
+        4625, 16384, 0, 0, 12544, 0)
+    assert ev["keywords"] == "0x8010000000000000"
+    # 2023-04-10T07:47:01Z = 1681112821 s; all seven fractional digits kept.
+    assert ev["time_created"] == 1681112821 * 10_000_000 + 9710164
+    assert ev["event_record_id"] == 123456789012
+    assert ev["activity_id"] == "{D2C3A1B0-0000-0000-0000-000000000001}"
+    assert ev["related_activity_id"] == "{00000000-1111-2222-3333-444444444444}"
+    assert (ev["process_id"], ev["thread_id"]) == (652, 4012)
+    assert (ev["channel"], ev["computer"], ev["user_id"]) == ("Security", "DC01.contoso.local", "S-1-5-18")
+    assert ev["event_data"] == [
+        {"name": "SubjectUserSid", "value": "S-1-0-0"},
+        {"name": "Status", "value": "%%2313"},
+        {"name": None, "value": "unnamed  value "},
+        {"name": "Dup", "value": "one"},
+        {"name": "Dup", "value": "two"},
+        {"name": "Empty", "value": ""},
+        {"name": "Spaced", "value": "  a\tb  "},
+        {"name": "Esc", "value": '<x> & "q"'},
+    ]
+    assert ev["rendered_message"] == "An account failed to log on."
+    assert ev["user_data_xml"] is None
+    assert ev["provenance"] == PROV
+
+
+def test_user_data_kept_as_xml() -> None:
+    ev = parse_event_xml(USER_DATA_EVENT.encode(), PROV)
+    assert ev["event_data"] == []
+    assert ev["user_data_xml"].startswith("<UserData")
+    assert "<SubjectUserName>wardog</SubjectUserName>" in ev["user_data_xml"]
+    assert 'xmlns="http://manifests.microsoft.com/win/2004/08/windows/eventlog"' in ev["user_data_xml"]
+
+
+def test_crlf_and_control_characters_survive() -> None:
+    xml = FULL_EVENT.replace("unnamed  value ", "line1\r\nline2\x03")
+    for parse in (parse_event_xml, parse_event_xml_fast):
+        ev = parse(xml, PROV)
+        assert ev["event_data"][2]["value"] == "line1\r\nline2\x03"
+
+
+@pytest.mark.parametrize("doc", [BILLION_LAUGHS, XXE], ids=["billion-laughs", "external-entity"])
+def test_dtd_and_entities_rejected(doc: bytes) -> None:
+    with pytest.raises(EventXmlError, match="DOCTYPE"):
+        parse_event_xml(doc, PROV)
+    with pytest.raises(EventXmlError, match="DOCTYPE"):
+        list(iter_event_xml(io.BytesIO(doc), PROV))
+
+
+@pytest.mark.parametrize("bad", ["<Event><System>", "not xml", "<Other/>",
+                                 "<Event><System><EventID>x</EventID></System></Event>"])
+def test_malformed_single_event(bad: str) -> None:
+    with pytest.raises(EventXmlError):
+        parse_event_xml(bad, PROV)
+
+
+def test_stream_bare_wrapped_and_with_declarations() -> None:
+    one = FULL_EVENT.encode()
+    expected = parse_event_xml(one, PROV)
+    decl = b'<?xml version="1.0" encoding="utf-8"?>\r\n'
+    shapes = {
+        "wevtutil": one + b"\r\n" + USER_DATA_EVENT.encode() + b"\r\n" + one,
+        "wrapped": b"<Events>" + one + USER_DATA_EVENT.encode() + one + b"</Events>",
+        "declarations": decl + one + decl + USER_DATA_EVENT.encode() + decl + one,
+    }
+    for name, blob in shapes.items():
+        for chunk in (7, 64, 1 << 16):
+            events = list(iter_event_xml(io.BytesIO(blob), PROV, chunk_size=chunk))
+            assert len(events) == 3, (name, chunk)
+            assert events[0] == expected and events[2] == expected, (name, chunk)
+            assert events[1]["event_id"] == 1102
+
+
+def test_stream_reports_unreadable_events_and_continues() -> None:
+    bad = b"<Event><System><Channel>x</Channel></System></Event>"
+    errors: list[str] = []
+    events = list(iter_event_xml(io.BytesIO(FULL_EVENT.encode() + bad + FULL_EVENT.encode()), PROV,
+                                 on_error=errors.append))
+    assert len(events) == 2 and len(errors) == 1 and "EventID" in errors[0]
+
+
+def test_stream_truncated_is_an_error() -> None:
+    with pytest.raises(EventXmlError, match="malformed"):
+        list(iter_event_xml(io.BytesIO(FULL_EVENT.encode()[:-20]), PROV))
+
+
+def _corpus_evtx() -> list[Path]:
+    return sorted(CORPUS.rglob("*.evtx"))
+
+
+def test_fast_path_equals_lxml_on_every_corpus_record() -> None:
+    """The regex fast path must give exactly what lxml gives, on real renderings."""
+    checked = 0
+    for path in _corpus_evtx():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for record in evtx.PyEvtxParser(str(path), skip_errors=True).records():
+                assert record is not None
+                slow = parse_event_xml(record["data"], PROV, record_time=1)
+                fast = parse_event_xml_fast(record["data"], PROV, record_time=1)
+                assert fast == slow, (path.name, record["event_record_id"])
+                checked += 1
+    assert checked > 7000
+
+
+def test_fast_path_unnamed_and_empty_names() -> None:
+    xml = """<?xml version="1.0" encoding="utf-8"?>
+<Event xmlns="http://schemas.microsoft.com/win/2004/08/events/event">
+  <System>
+    <Provider Name="Service Control Manager" Guid="{555908d1-a6d7-4695-8e1e-26931d2012f4}" EventSourceName="SCM">
+    </Provider>
+    <EventID Qualifiers="16384">7045</EventID>
+    <Version>0</Version>
+    <Level>4</Level>
+    <Task>0</Task>
+    <Opcode>0</Opcode>
+    <Keywords>0x8080000000000000</Keywords>
+    <TimeCreated SystemTime="2019-03-19T23:34:25.459016Z">
+    </TimeCreated>
+    <EventRecordID>2</EventRecordID>
+    <Correlation>
+    </Correlation>
+    <Execution ProcessID="628" ThreadID="2468">
+    </Execution>
+    <Channel>System</Channel>
+    <Computer>PC01.example.corp</Computer>
+    <Security UserID="S-1-5-21-1">
+    </Security>
+  </System>
+  <EventData>
+    <Data>first unnamed</Data>
+    <Data Name="">empty name</Data>
+    <Data Name="ImagePath">%%SystemRoot%% &amp; more</Data>
+    <Data></Data>
+  </EventData>
+</Event>"""
+    fast, slow = parse_event_xml_fast(xml, PROV), parse_event_xml(xml, PROV)
+    assert fast == slow
+    assert fast["event_data"] == [{"name": None, "value": "first unnamed"}, {"name": "", "value": "empty name"},
+                                  {"name": "ImagePath", "value": "%%SystemRoot%% & more"},
+                                  {"name": None, "value": ""}]
+    assert (fast["qualifiers"], fast["event_source_name"], fast["user_id"]) == (16384, "SCM", "S-1-5-21-1")
