@@ -1,0 +1,71 @@
+"""Dead-letter records of the sink: what could not be delivered, with the reason in the headers.
+
+Value: the rows as gzip JSON, exactly what was (or would have been) sent (``content-encoding: gzip``), or the
+original message value when it could not be decoded. Headers (all UTF-8):
+
+- ``secstream.stage`` = ``sink``, ``secstream.destination``, ``secstream.reason`` (short code: ``rejected``,
+  ``row-too-large``, ``undecodable``), ``secstream.error`` (the service's or decoder's message);
+- ``secstream.source`` = ``<topic>/<partition>/<offset>:<rows>`` per source message, comma-separated;
+- for rejected requests: ``secstream.http.status``, ``secstream.error.code``, ``secstream.dcr``,
+  ``secstream.stream``, ``secstream.request.id`` (the ``x-ms-client-request-id`` the service logged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sinks.request_builder import Segment, gzip_body
+
+MAX_HEADER_TEXT = 4000
+
+Headers = list[tuple[str, str | bytes | None]]  # confluent-kafka's header list
+
+
+def _text(value: object) -> bytes:
+    return str(value)[:MAX_HEADER_TEXT].encode("utf-8", errors="replace")
+
+
+def sources(topic: str, segments: Iterable[Segment]) -> bytes:
+    return _text(",".join(f"{topic}/{s.partition}/{s.offset}:{s.rows}" for s in segments))
+
+
+def _headers(destination: str, reason: str, error: str, source: bytes, gzipped: bool) -> Headers:
+    headers: Headers = [
+        ("secstream.stage", b"sink"),
+        ("secstream.destination", _text(destination)),
+        ("secstream.reason", _text(reason)),
+        ("secstream.error", _text(error)),
+        ("secstream.source", source),
+    ]
+    if gzipped:
+        headers.append(("content-encoding", b"gzip"))
+    return headers
+
+
+def rejected_request(destination: str, topic: str, segments: Iterable[Segment], body: bytes, *, status: int | None,
+                     code: str, message: str, dcr: str, stream: str, request_id: str) -> tuple[bytes, Headers]:
+    """A request the service refused for good (a 4xx other than auth/not-found, or a lone row answered 413)."""
+    reason = "row-too-large" if code == "row-too-large" else "rejected"
+    headers = _headers(destination, reason, message, sources(topic, segments), gzipped=True)
+    headers += [
+        ("secstream.error.code", _text(code)),
+        ("secstream.http.status", _text(status if status is not None else "")),
+        ("secstream.dcr", _text(dcr)),
+        ("secstream.stream", _text(stream)),
+        ("secstream.request.id", _text(request_id)),
+    ]
+    return body, headers
+
+
+def oversize_row(destination: str, topic: str, segment: Segment, row: bytes, reason: str,
+                 gzip_level: int) -> tuple[bytes, Headers]:
+    """A single row larger than a whole request, even with its values truncated."""
+    headers = _headers(destination, "row-too-large", reason, sources(topic, [segment]), gzipped=True)
+    return gzip_body(b"[" + row + b"]", gzip_level), headers
+
+
+def undecodable(destination: str, topic: str, partition: int, offset: int, value: bytes | None,
+                reason: str) -> tuple[bytes, Headers]:
+    """A message that is not a SecurityEventBatch; the original value is kept."""
+    headers = _headers(destination, "undecodable", reason, _text(f"{topic}/{partition}/{offset}:0"), gzipped=False)
+    return value or b"", headers

@@ -1,0 +1,220 @@
+"""Pack SecurityEvent rows into Logs Ingestion requests that each know exactly which Kafka rows they carry.
+
+Pure: no I/O. Rows of consecutive ``SecurityEventBatch`` messages are serialised once (orjson, empty values left
+out: absent means empty in the table) and packed until the next row would take the request over the byte budget.
+The budget applies to the raw JSON array, which is always larger than its gzip, so a request is under the 1 MB
+limit both uncompressed and on the wire (the service counts both). ``encode`` gzips and measures; a body that is
+still too large (incompressible data only) is split in two.
+
+Every request carries ``segments``: (partition, offset, rows) runs of the messages its rows come from, so the
+offset tracker can tell when a message has been wholly delivered.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+# Kafka headers as the consumer hands them over (carried only to continue the trace)
+TraceHeaders = Any
+
+MAX_REQUEST_BYTES = 1_048_576  # the service's limit per call, compressed and uncompressed
+MAX_FIELD_BYTES = 65_536  # the service truncates longer values; we do it first, and count it
+TRUNCATED_MARK = "…[truncated]"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """``rows`` rows of the message at (partition, offset)."""
+
+    partition: int
+    offset: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A row that cannot be sent at all, for the dead-letter topic."""
+
+    segment: Segment
+    row: bytes  # the serialised row, as it would have been sent
+    reason: str
+
+
+@dataclass(slots=True)
+class Request:
+    """One upload: the serialised rows and the Kafka rows they stand for."""
+
+    rows: list[bytes] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    shard: int | None = None  # a fixed DCR index when sharding by Computer; None = the dispatcher chooses
+    trace_headers: TraceHeaders = None  # Kafka headers of the first message, for tracing
+    raw_bytes: int = 2  # size of the JSON array: "[" + rows joined by "," + "]"
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows)
+
+    def add(self, partition: int, offset: int, row: bytes) -> None:
+        if self.rows:
+            self.raw_bytes += 1
+        self.raw_bytes += len(row)
+        self.rows.append(row)
+        last = self.segments[-1] if self.segments else None
+        if last is not None and last.partition == partition and last.offset == offset:
+            self.segments[-1] = Segment(partition, offset, last.rows + 1)
+        else:
+            self.segments.append(Segment(partition, offset, 1))
+
+    def json_body(self) -> bytes:
+        return b"[" + b",".join(self.rows) + b"]"
+
+
+@dataclass(slots=True)
+class Packed:
+    """What adding a message produced: closed requests, rows that cannot be sent, and truncated values."""
+
+    requests: list[Request] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+    truncated_values: int = 0
+
+
+def serialise_row(row: Mapping[str, Any], max_field_bytes: int = MAX_FIELD_BYTES) -> tuple[bytes, int]:
+    """A row as compact JSON without empty values, and how many values were truncated to ``max_field_bytes``."""
+    compact = {k: v for k, v in row.items() if v is not None and v != ""}
+    data = orjson.dumps(compact)
+    if len(data) <= max_field_bytes:  # no single value can be longer than the whole row
+        return data, 0
+    truncated = 0
+    for key, value in compact.items():
+        if isinstance(value, str) and len(value) * 4 > max_field_bytes:
+            encoded = value.encode("utf-8")
+            if len(encoded) > max_field_bytes:
+                compact[key] = truncate_utf8(encoded, max_field_bytes)
+                truncated += 1
+    return (orjson.dumps(compact) if truncated else data), truncated
+
+
+def truncate_utf8(encoded: bytes, limit: int) -> str:
+    """The longest prefix of ``encoded`` that, with a marker, fits in ``limit`` bytes, cut on a character boundary."""
+    keep = limit - len(TRUNCATED_MARK.encode("utf-8"))
+    return encoded[:keep].decode("utf-8", errors="ignore") + TRUNCATED_MARK
+
+
+def gzip_body(json_body: bytes, level: int) -> bytes:
+    """Gzip framing (what ``Content-Encoding: gzip`` means; the SDK detects it from the magic bytes)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(json_body) + compressor.flush()
+
+
+def split_request(request: Request) -> tuple[Request, Request]:
+    """Two requests with the first and second half of the rows, segments divided exactly."""
+    if request.row_count < 2:
+        raise ValueError("a request of one row cannot be split")
+    half = request.row_count // 2
+    first = Request(shard=request.shard, trace_headers=request.trace_headers)
+    second = Request(shard=request.shard, trace_headers=request.trace_headers)
+    index = 0
+    for seg in request.segments:
+        for _ in range(seg.rows):
+            target = first if index < half else second
+            target.add(seg.partition, seg.offset, request.rows[index])
+            index += 1
+    return first, second
+
+
+def encode(request: Request, max_wire_bytes: int = MAX_REQUEST_BYTES, level: int = 1) -> list[tuple[Request, bytes]]:
+    """Gzip ``request``; if the compressed body is still over ``max_wire_bytes``, split until every part fits.
+
+    A single row that does not fit even alone comes back with an empty body; the caller dead-letters it.
+    """
+    body = gzip_body(request.json_body(), level)
+    if len(body) <= max_wire_bytes:
+        return [(request, body)]
+    if request.row_count < 2:
+        return [(request, b"")]
+    first, second = split_request(request)
+    return encode(first, max_wire_bytes, level) + encode(second, max_wire_bytes, level)
+
+
+class RequestBuilder:
+    """Accumulates rows into open requests (one per shard when ``shard_of`` is given) and closes them when full."""
+
+    def __init__(
+        self,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_field_bytes: int = MAX_FIELD_BYTES,
+        shard_of: Callable[[str], int] | None = None,
+    ) -> None:
+        self.max_request_bytes = max_request_bytes
+        self.max_field_bytes = max_field_bytes
+        self.shard_of = shard_of
+        self._open: dict[int | None, Request] = {}
+
+    @property
+    def open_rows(self) -> int:
+        return sum(r.row_count for r in self._open.values())
+
+    def add(
+        self,
+        partition: int,
+        offset: int,
+        computer: str,
+        rows: Iterable[Mapping[str, Any]],
+        trace_headers: TraceHeaders = None,
+    ) -> Packed:
+        """Add the rows of the message at (partition, offset)."""
+        packed = Packed()
+        shard = self.shard_of(computer) if self.shard_of is not None else None
+        limit, field_limit = self.max_request_bytes, self.max_field_bytes
+        current = self._open.pop(shard, None)
+        size = current.raw_bytes if current is not None else 2
+        filled = current is not None and current.row_count > 0
+        run: list[bytes] = []  # this message's rows for ``current``, attached in one step (per row is slow)
+        for row in rows:
+            data, truncated = serialise_row(row, field_limit)
+            if truncated:
+                packed.truncated_values += truncated
+            length = len(data)
+            if length + 2 > limit:
+                packed.rejected.append(RejectedRow(
+                    Segment(partition, offset, 1), data,
+                    f"row-too-large: {length} bytes of JSON after truncating values to {field_limit} "
+                    f"bytes; one request may carry at most {limit}",
+                ))
+                continue
+            if filled and size + 1 + length > limit:
+                packed.requests.append(self._attach(current, shard, trace_headers, partition, offset, run, size))
+                current, run, size, filled = None, [], 2, False
+            size += length + 1 if filled else length
+            filled = True
+            run.append(data)
+        if run or current is not None:
+            self._open[shard] = self._attach(current, shard, trace_headers, partition, offset, run, size)
+        return packed
+
+    @staticmethod
+    def _attach(request: Request | None, shard: int | None, trace_headers: TraceHeaders, partition: int,
+                offset: int, rows: list[bytes], raw_bytes: int) -> Request:
+        """``rows`` of the message at (partition, offset) appended to ``request`` (a new one when None)."""
+        if request is None:
+            request = Request(shard=shard, trace_headers=trace_headers)
+        if rows:
+            request.rows.extend(rows)
+            request.raw_bytes = raw_bytes
+            last = request.segments[-1] if request.segments else None
+            if last is not None and last.partition == partition and last.offset == offset:
+                request.segments[-1] = Segment(partition, offset, last.rows + len(rows))
+            else:
+                request.segments.append(Segment(partition, offset, len(rows)))
+        return request
+
+    def drain(self) -> list[Request]:
+        """Close and return every open request (at a checkpoint, or before giving up partitions)."""
+        requests = [r for r in self._open.values() if r.rows]
+        self._open.clear()
+        return requests
