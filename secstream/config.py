@@ -36,12 +36,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _read_secret_files(data: Any, pairs: dict[str, str]) -> Any:
+    """Fill secret fields from files (Kubernetes mounts Secrets as files), e.g. ``client_secret_file``.
+
+    A value given directly wins over its file. Only the path appears in errors, never the content.
+    """
+    if not isinstance(data, dict):
+        return data
+    for field_name, file_field in pairs.items():
+        path = data.get(file_field)
+        if path and data.get(field_name) in (None, ""):
+            try:
+                data[field_name] = Path(path).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"{file_field} {path}: cannot be read ({exc.strerror})") from None
+    return data
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
     ssl_ca_location: Path | None = None
     ssl_certificate_location: Path | None = None
     ssl_key_location: Path | None = None
@@ -49,6 +67,11 @@ class KafkaSettings(_Section):
     client_id: str = "secstream"
     # Anything librdkafka accepts, for settings this model does not name (e.g. "socket.keepalive.enable").
     extra: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        return _read_secret_files(data, {"sasl_password": "sasl_password_file"})
 
     @model_validator(mode="after")
     def _sasl_needs_credentials(self) -> KafkaSettings:
@@ -70,6 +93,9 @@ class TopicSettings(_Section):
     normalized_partitions: int = Field(6, ge=1, le=10_000)
     dead_letter_partitions: int = Field(1, ge=1, le=10_000)
     delivery_log_partitions: int = Field(1, ge=1, le=10_000)
+    # Per-Computer delivery summaries written by the sinks, read by `secstream status` (compacted).
+    status: str = "secstream.status"
+    status_partitions: int = Field(1, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1, le=10)
     # Kafka message timestamps are send times, so time retention measures time in the buffer.
     retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1)
@@ -99,9 +125,16 @@ class CredentialSettings(_Section):
     tenant_id: str | None = None
     client_id: str | None = None
     client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
     certificate_path: Path | None = None
     # The emulator's bearer token (`secstream workspace token`).
     token: SecretStr | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, data: Any) -> Any:
+        return _read_secret_files(data, {"client_secret": "client_secret_file", "token": "token_file"})
 
     @model_validator(mode="after")
     def _mode_needs(self) -> CredentialSettings:
@@ -126,6 +159,8 @@ class DestinationSettings(_Section):
     credential: CredentialSettings = Field(default_factory=CredentialSettings)
     # CA bundle for TLS to the endpoint (the emulator's self-signed CA); None = system trust store.
     ca_bundle: Path | None = None
+    # How requests are spread over several DCRs: in turn, or by Computer (a host's rows always use one DCR).
+    sharding: Literal["round_robin", "computer"] = "round_robin"
 
     @field_validator("dcr_immutable_ids")
     @classmethod
@@ -143,6 +178,102 @@ class DestinationSettings(_Section):
         return value.rstrip("/")
 
 
+class SinkSettings(_Section):
+    """Tuning of `secstream sink`, the same for every destination (each runs in its own consumer group)."""
+
+    group_prefix: str = "secstream-sink-"
+    max_in_flight: int = Field(4, ge=1, le=64, description="concurrent upload requests per destination and worker")
+    max_request_bytes: int = Field(1_048_576, ge=1024, le=1_048_576, description="per request, gzip and raw JSON")
+    max_field_bytes: int = Field(65_536, ge=256, le=65_536, description="longer values are truncated")
+    gzip_level: int = Field(1, ge=1, le=9)
+    checkpoint_seconds: float = Field(1.0, gt=0, description="sync commit interval; longest wait of a partial request")
+    poll_batch: int = Field(500, ge=1, le=100_000, description="Kafka messages per poll")
+    request_timeout_seconds: float = Field(60.0, gt=0)
+    retry_backoff_seconds: float = Field(0.5, gt=0, description="first retry delay for 5xx and connection errors")
+    retry_backoff_max_seconds: float = Field(60.0, gt=0)
+    # A sink stuck in retries does not poll Kafka; the group keeps it as a member this long.
+    max_poll_interval_ms: int = Field(900_000, ge=10_000)
+    # Static group membership (e.g. the StatefulSet pod name): a restarted sink takes its partitions back at
+    # once instead of waiting for its old session to expire. Unique per running sink.
+    group_instance_id: str | None = None
+
+
+class ReplaySettings(_Section):
+    """`secstream replay`: re-read a bounded range of raw or normalized offsets (backfill)."""
+
+    group_prefix: str = Field("secstream-replay-", description="a replay commits its progress only to <prefix><name>")
+    overlap_slack_seconds: float = Field(
+        3600.0, ge=0, description="raw replay: normalized messages this much before/after the window are checked "
+                                  "for rows the destination already holds")
+    stall_timeout_seconds: float = Field(60.0, gt=0, description="give up when a range yields nothing this long")
+
+
+class StreamSettings(_Section):
+    """`secstream stream`: the Faust worker that filters, deduplicates and normalises raw event batches."""
+
+    app_id: str = Field("secstream-stream", pattern=r"^[A-Za-z0-9._-]{1,200}$",
+                        description="Faust app id: consumer group, changelog topic and transactional id prefix")
+    flavour: Literal["ama", "mma"] = Field("ama", description="agent flavour of the rows (mma: legacy Level values)")
+    dedup_window_seconds: float = Field(24 * 3600, gt=0, description="duplicates are caught within this event time")
+    store: str = Field("memory://", pattern=r"^(memory|rocksdb)://",
+                       description="dedup table store: memory:// (rebuilt from the changelog) or rocksdb://")
+    data_dir: Path = Field(Path(".state/stream"), description="Faust data dir (RocksDB files, when used)")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    uvloop: bool = Field(True, description="run the worker on uvloop when installed")
+    commit_interval_seconds: float = Field(2.8, gt=0)
+    producer_max_batch_bytes: int = Field(1_048_576, ge=16_384)
+    producer_linger_ms: float = Field(5.0, ge=0)
+    session_timeout_seconds: float = Field(10.0, gt=0)
+    rebalance_timeout_seconds: float = Field(
+        60.0, gt=0, description="how long a rebalance waits for members; a killed worker holds it up this long")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="worker log level; info also keeps Faust's spinner (and its debug records) off")
+
+
+class ProducerSettings(_Section):
+    """`secstream produce`: the host producer (files, folders, live event log) and its agent mode."""
+
+    agent_id: str = Field("", description="names this producer in RawEventBatch.agent_id; empty = the host name")
+    state_file: Path = Field(Path(".state/producer/checkpoints.json"),
+                             description="delivered positions per source, written atomically after delivery")
+    batch_max_events: int = Field(1000, ge=1, le=100_000)
+    batch_max_bytes: int = Field(900_000, ge=1024, le=16_777_216, description="estimated raw size per batch")
+    batch_max_age_seconds: float = Field(1.0, gt=0, description="a partial batch waits at most this long")
+    max_in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1_048_576,
+                                     description="encoded bytes sent but not yet acknowledged; reading pauses above")
+    compression: Literal["zstd", "lz4", "gzip", "snappy", "none"] = "zstd"
+    source_filter: bool = Field(False, description="drop events no rule keeps before sending (saves bandwidth)")
+    follow_interval_seconds: float = Field(1.0, gt=0, description="--follow: how often files are checked for more")
+    checkpoint_interval_seconds: float = Field(
+        0.25, ge=0, description="state-file writes at most this often (each costs an fsync); 0 = after every "
+        "acknowledged batch. A crash resends what was unacknowledged plus what was acknowledged since the last write")
+    # Agent mode: send to collectors over HTTPS instead of Kafka.
+    collector_urls: list[str] = Field(default_factory=list)
+    collector_token: SecretStr | None = None
+    collector_ca_bundle: Path | None = Field(None, description="CA for the collectors' TLS; None = system trust")
+    collector_timeout_seconds: float = Field(30.0, gt=0)
+    collector_retry_max_seconds: float = Field(30.0, gt=0, description="longest backoff between rounds of retries")
+
+
+class CollectorSettings(_Section):
+    """`secstream collect`: the HTTPS gateway that takes batches from remote agents and writes them to Kafka."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8443, ge=0, le=65535)
+    collector_id: str = Field("", description="stamped into provenance.collector_id; empty = the host name")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tokens_file: Path | None = Field(None, description="lines 'agent_id token' (or 'agent_id:token')")
+    tokens_dir: Path | None = Field(None, description="a mounted Kubernetes secret: file name = agent id, "
+                                    "content = token")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="compressed request body; larger -> 413")
+    max_decompressed_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="after gunzip; larger -> 413")
+    max_in_flight_bytes: int = Field(128 * 1024 * 1024, ge=1_048_576,
+                                     description="bytes waiting for Kafka acknowledgement; beyond -> 429")
+    ack_timeout_seconds: float = Field(30.0, gt=0, description="no Kafka acknowledgement by then -> 503")
+    compression: Literal["zstd", "lz4", "gzip", "snappy", "none"] = "zstd"
+
+
 class BrokerSettings(_Section):
     """The embedded single-node broker for laptops, demos and tests."""
 
@@ -151,10 +282,37 @@ class BrokerSettings(_Section):
     data_dir: Path = Path(".state/broker")
 
 
+class WorkspaceFaultSettings(_Section):
+    """Injected failures for tests and chaos runs: rates per request, or a schedule for the next requests."""
+
+    rate_429: float = Field(0.0, ge=0, le=1)
+    rate_500: float = Field(0.0, ge=0, le=1)
+    rate_503: float = Field(0.0, ge=0, le=1)
+    rate_drop: float = Field(0.0, ge=0, le=1, description="close the connection without a response")
+    rate_slow: float = Field(0.0, ge=0, le=1, description="delay the response by slow_seconds")
+    slow_seconds: float = Field(2.0, ge=0, le=600)
+    retry_after: int = Field(1, ge=0, le=3600, description="Retry-After of injected 429s")
+    schedule: list[Literal["ok", "429", "500", "503", "drop", "slow"]] = Field(
+        default_factory=list, description="outcomes of the next requests, in order, before the rates apply")
+    seed: int | None = None
+
+
 class WorkspaceEmulatorSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(18443, ge=1, le=65535)
+    port: int = Field(18443, ge=0, le=65535, description="0 = any free port (written to server.json)")
     state_dir: Path = Path(".state/workspace")
+    dcr_dir: Path | None = Field(None, description="ARM DCR JSON files; None = the bundled SecurityEvent DCR")
+    tls: bool = Field(True, description="HTTPS with a self-signed CA made under state_dir")
+    accept_any_token: bool = Field(False, description="any bearer token passes (local use only)")
+    token_ttl_seconds: int = Field(24 * 3600, ge=60)
+    requests_per_minute: float = Field(12_000, gt=0, description="per DCR, then 429 + Retry-After")
+    bytes_per_minute: float = Field(2 * 1024**3, gt=0, description="per DCR, then 429 + Retry-After")
+    burst_seconds: float = Field(60.0, gt=0, description="bucket size in seconds of allowance")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="on the wire; larger is 413")
+    max_uncompressed_bytes: int = Field(0, ge=0, description="0 = no limit on the decompressed body")
+    max_field_bytes: int = Field(65_536, ge=1, description="longer values are truncated")
+    resource_id: str = Field("", description="_ResourceId stamped on every row")
+    faults: WorkspaceFaultSettings = Field(default_factory=WorkspaceFaultSettings)
 
 
 class TelemetrySettings(_Section):
@@ -166,6 +324,32 @@ class TelemetrySettings(_Section):
     prometheus_host: str = "0.0.0.0"
     health_host: str = "0.0.0.0"
     export_interval_seconds: float = Field(15.0, gt=0, description="push interval of console/OTLP metrics")
+
+
+class StatusSettings(_Section):
+    """Connector health: what the sinks record per Computer and how `secstream status` judges it."""
+
+    enabled: bool = Field(True, description="sinks write per-Computer summaries to topics.status")
+    interval_seconds: float = Field(30.0, gt=0, description="a sink writes a Computer's summary at most this often")
+    silent_after_seconds: float = Field(900.0, gt=0, description="a Computer with no rows received for this long "
+                                                                  "is flagged silent")
+    lookback_seconds: float = Field(7 * 24 * 3600.0, gt=0, description="how far back `status` reads summaries")
+    rate_window_seconds: float = Field(300.0, gt=0, description="events per minute are averaged over this window")
+    heartbeat_stream: str | None = Field(None, pattern=r"^Custom-[A-Za-z0-9_]{1,100}$",
+                                         description="e.g. Custom-SecstreamHeartbeat: sinks also upload Heartbeat-"
+                                                     "style rows per Computer to this DCR stream; unset = off")
+    heartbeat_dcr: str | None = Field(None, pattern=r"^dcr-[0-9a-f]{32}$",
+                                      description="DCR of heartbeat_stream; unset = the destination's first DCR")
+
+
+class SchemaRegistrySettings(_Section):
+    """Optional Confluent Schema Registry; without a url, schema ids come from the versioned .avsc files."""
+
+    url: str | None = Field(None, description="e.g. https://registry:8081; None = local schema ids")
+    basic_auth_user_info: SecretStr | None = Field(None, description="user:password")
+    ssl_ca_location: Path | None = None
+    subject_prefix: str = ""
+    auto_register: bool = Field(True, description="register missing schemas; False = look up only")
 
 
 class Settings(BaseSettings):
@@ -180,9 +364,16 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     rules: list[RuleSettings] = Field(default_factory=lambda: [RuleSettings(name="default", event_set="Common")])
     destinations: list[DestinationSettings] = Field(default_factory=list)
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    replay: ReplaySettings = Field(default_factory=ReplaySettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     workspace: WorkspaceEmulatorSettings = Field(default_factory=WorkspaceEmulatorSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    status: StatusSettings = Field(default_factory=StatusSettings)
 
     @classmethod
     def settings_customise_sources(

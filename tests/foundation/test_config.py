@@ -143,3 +143,33 @@ def test_cli_config_masks_secrets(tmp_path: Path) -> None:
 def test_bad_set_syntax() -> None:
     with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         parse_overrides(["kafka.bootstrap_servers"])
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "kafka-password").write_text(SECRET + "\n")
+    (tmp_path / "client-secret").write_text("azure-secret\n")
+    cfg = _yaml(tmp_path, f"""
+kafka:
+  security_protocol: SASL_SSL
+  sasl_mechanism: PLAIN
+  sasl_username: $ConnectionString
+  sasl_password_file: {tmp_path / "kafka-password"}
+destinations:
+  - name: prod
+    endpoint: https://dce.example.ingest.monitor.azure.com
+    dcr_immutable_ids: [dcr-00000000000000000000000000000001]
+    credential:
+      mode: client_secret
+      tenant_id: t
+      client_id: c
+      client_secret_file: {tmp_path / "client-secret"}
+""")
+    s = load_settings(cfg)
+    assert s.kafka.sasl_password is not None and s.kafka.sasl_password.get_secret_value() == SECRET
+    secret = s.destinations[0].credential.client_secret
+    assert secret is not None and secret.get_secret_value() == "azure-secret"
+
+    (tmp_path / "kafka-password").unlink()
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg)
+    assert "sasl_password_file" in str(err.value) and "cannot be read" in str(err.value)
