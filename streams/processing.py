@@ -1,0 +1,152 @@
+"""The work done for one raw Kafka message, without Kafka: decode → filter → dedup → normalise → encode.
+
+``BatchProcessor.process`` is what the Faust agent (``streams.app``) runs per message, and what the plain
+confluent-kafka loop of ``bench/streams_bench.py`` runs, so both measure the same functions. It returns an
+``Outcome``: the encoded ``SecurityEventBatch`` (None when no row is left), the dead-letter records, and counts.
+
+Dead-letter records (topic ``topics.dead_letter``), headers UTF-8:
+
+- ``secstream.stage`` = ``stream``; ``secstream.reason`` = ``undecodable`` (value: the original message bytes) or
+  ``not-normalisable`` (value: a ``RawEventBatch`` with the original events of that reason, same host and batch
+  id, so it can be replayed onto the raw topic once fixed); ``secstream.error`` = the decoder's or normaliser's
+  message; ``secstream.source`` = ``<topic>/<partition>/<offset>``; ``secstream.events`` = events in the record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.codec import DecodeError, decode_raw_batch, encode_raw_batch, encode_security_batch
+from streams.dedup import Deduper
+from streams.filtering import RuleSet
+from streams.normalize import DEFAULT_CONTEXT, NormalizeContext, normalize_batch
+
+# Output batch ids are UUIDv5 of the source batch id: the same when a batch is processed again.
+OUTPUT_BATCH_NAMESPACE = uuid.UUID("3f0c64a6-1f55-5a8e-9c52-0c1d6c7e2b4a")
+MAX_HEADER_TEXT = 4000
+
+Headers = list[tuple[str, bytes]]
+
+
+def _text(value: object) -> bytes:
+    return str(value)[:MAX_HEADER_TEXT].encode("utf-8", errors="replace")
+
+
+@dataclass
+class DeadLetter:
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+@dataclass
+class Outcome:
+    """What one input message became."""
+
+    computer: str = ""
+    value: bytes | None = None  # encoded SecurityEventBatch, None when no row is left
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    events_in: int = 0
+    filtered: int = 0
+    duplicates: int = 0
+    rows: int = 0
+    dead_lettered: int = 0
+
+
+def dead_letter_headers(reason: str, error: str, source: str, events: int) -> Headers:
+    return [
+        ("secstream.stage", b"stream"),
+        ("secstream.reason", reason.encode()),
+        ("secstream.error", _text(error)),
+        ("secstream.source", _text(source)),
+        ("secstream.events", str(events).encode()),
+    ]
+
+
+class BatchProcessor:
+    """Per-message work of the stream stage. Holds the compiled rules; dedup state is passed in per partition."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        flavour: str = "ama",
+        context: NormalizeContext = DEFAULT_CONTEXT,
+    ) -> None:
+        self.rules = rules
+        self.flavour = flavour
+        self.context = context
+
+    def process(self, value: bytes | None, key: bytes | None, deduper: Deduper, source: str) -> Outcome:
+        """One raw message. ``source`` ("topic/partition/offset") only labels dead letters."""
+        try:
+            if value is None:
+                raise DecodeError("message has no value")
+            batch = decode_raw_batch(value)
+        except DecodeError as exc:
+            out = Outcome(dead_lettered=1)
+            headers = dead_letter_headers("undecodable", str(exc), source, 0)
+            out.dead_letters.append(DeadLetter(key, value or b"", headers))
+            return out
+        events = batch["events"]
+        host = batch["host"]
+        out = Outcome(computer=host, events_in=len(events))
+        wanted = self._filter(host, events)
+        out.filtered = len(events) - len(wanted)
+        kept, duplicates = deduper.admit_batch(wanted)
+        out.duplicates = len(duplicates)
+        rows, rejected = self._normalize(kept)
+        if rows:
+            out.rows = len(rows)
+            out.value = encode_security_batch({
+                "computer": host,
+                "batch_id": str(uuid.uuid5(OUTPUT_BATCH_NAMESPACE, batch["batch_id"])),
+                "source_batch_id": batch["batch_id"],
+                "rows": rows,
+            })
+        if rejected:
+            out.dead_lettered = len(rejected)
+            out.dead_letters.extend(self._rejected(batch, rejected, key, source))
+        return out
+
+    def _normalize(self, events: list[Any]) -> tuple[list[dict[str, Any]], list[tuple[Mapping[str, Any], str]]]:
+        try:
+            return normalize_batch(events, flavour=self.flavour, context=self.context)
+        except Exception:  # one bad event must not stop the partition: isolate it
+            rows: list[dict[str, Any]] = []
+            rejected: list[tuple[Mapping[str, Any], str]] = []
+            for event in events:
+                try:
+                    one, refused = normalize_batch([event], flavour=self.flavour, context=self.context)
+                except Exception as exc:
+                    one, refused = [], [(event, f"normaliser failed: {exc.__class__.__name__}: {exc}")]
+                rows.extend(one)
+                rejected.extend(refused)
+            return rows, rejected
+
+    def _filter(self, host: str, events: Sequence[Mapping[str, Any]]) -> list[Any]:
+        # A batch is one host's, but a forwarding host (WEF collector) may carry other computers' events:
+        # each event is judged by the rule of its own Computer.
+        if all(ev.get("computer") == host for ev in events):
+            return self.rules.filter_batch(host, events)
+        by_computer: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for ev in events:
+            by_computer[ev.get("computer") or ""].append(ev)
+        keep = {id(ev) for computer, group in by_computer.items() for ev in self.rules.filter_batch(computer, group)}
+        return [ev for ev in events if id(ev) in keep]
+
+    @staticmethod
+    def _rejected(
+        batch: Mapping[str, Any], rejected: list[tuple[Mapping[str, Any], str]], key: bytes | None, source: str
+    ) -> list[DeadLetter]:
+        by_reason: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for event, reason in rejected:
+            by_reason[reason].append(event)
+        letters = []
+        for reason, events in by_reason.items():
+            value = encode_raw_batch({**batch, "events": events})
+            letters.append(DeadLetter(key, value, dead_letter_headers("not-normalisable", reason, source, len(events))))
+        return letters
