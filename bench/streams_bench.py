@@ -208,8 +208,8 @@ def run_confluent(settings: Settings, n_messages: int) -> dict[str, Any]:
             deduper = dedupers.get(p) or dedupers.setdefault(p, Deduper())
             out = processor.process(msg.value(), msg.key(), deduper, f"{msg.topic()}/{p}/{msg.offset()}")
             deduper.delta()
-            if out.value is not None:
-                producer.produce(out_topic, out.value, msg.key(), partition=p)
+            for value in out.values:
+                producer.produce(out_topic, value, msg.key(), partition=p)
             rows += out.rows
             seen += 1
         producer.poll(0)

@@ -141,9 +141,9 @@ class StreamStage:
             outcome = self.processor.process(message.value, message.key, deduper, source)
             tid = self._transactional_id(partition)
             send = self.app.producer.send
-            if outcome.value is not None:
-                out_headers = inject_trace_headers()
-                await send(self.output_topic, message.key, outcome.value, partition % self.output_partitions,
+            out_headers = inject_trace_headers() if outcome.values else None
+            for value in outcome.values:
+                await send(self.output_topic, message.key, value, partition % self.output_partitions,
                            None, out_headers or None, transactional_id=tid)  # type: ignore[arg-type]
             for letter in outcome.dead_letters:
                 await send(self.dead_letter_topic, letter.key, letter.value, None, None, letter.headers,
@@ -228,7 +228,15 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> tuple[faust.A
 
     async def process(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            await stage.handle(event.message)
+            try:
+                await stage.handle(event.message)
+            except Exception as exc:
+                # A dead agent in a live worker would stall its partitions silently: fail the whole worker so
+                # the orchestrator restarts it (the message's offset is not committed, so nothing is lost).
+                stage.state.live = False
+                stage.state.detail = f"failed: {exc.__class__.__name__}: {exc}"
+                await app.crash(exc)
+                raise
 
     app.agent(source, name="secstream.stream.process")(process)
 

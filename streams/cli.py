@@ -61,23 +61,14 @@ def run_worker(settings: Settings, rules: object) -> None:
             log.info("uvloop is not installed; using asyncio's default loop")
     import faust
 
+    from secstream.health import start_health_server
+    from secstream.telemetry import setup_telemetry
     from streams.app import build_app
     from streams.filtering import RuleSet
 
-    try:
-        from secstream.telemetry import setup_telemetry
-
-        setup_telemetry(settings.telemetry, "secstream-stream")
-    except ImportError:  # pragma: no cover
-        pass
+    setup_telemetry(settings.telemetry, "secstream-stream")
     app, stage = build_app(settings, rules if isinstance(rules, RuleSet) else None)
-    health = None
-    try:
-        from secstream.health import start_health_server
-
-        health = start_health_server(settings, [stage.state])
-    except ImportError:  # pragma: no cover
-        pass
+    health = start_health_server(settings, [stage.state])
     worker = faust.Worker(app, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()
@@ -85,3 +76,6 @@ def run_worker(settings: Settings, rules: object) -> None:
         stage.state.ready = False
         if health is not None:
             health.stop()
+        if not stage.state.live:
+            log.error("the stream worker stopped after a failure: %s", stage.state.detail)
+            raise SystemExit(1)

@@ -36,6 +36,10 @@ def _text(value: object) -> bytes:
     return str(value)[:MAX_HEADER_TEXT].encode("utf-8", errors="replace")
 
 
+# Under Kafka's default message.max.bytes (1 MB), with room for headers and the record overhead.
+MAX_MESSAGE_BYTES = 900_000
+
+
 @dataclass
 class DeadLetter:
     key: bytes | None
@@ -48,13 +52,33 @@ class Outcome:
     """What one input message became."""
 
     computer: str = ""
-    value: bytes | None = None  # encoded SecurityEventBatch, None when no row is left
+    # Encoded SecurityEventBatch messages, each at most max_message_bytes; empty when no row is left.
+    values: list[bytes] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events_in: int = 0
     filtered: int = 0
     duplicates: int = 0
     rows: int = 0
     dead_lettered: int = 0
+
+
+def encode_bounded(host: str, source_batch_id: str, rows: list[dict[str, Any]], max_bytes: int) -> list[bytes]:
+    """Rows as SecurityEventBatch messages of at most ``max_bytes`` each (rows are larger than raw events, so one
+    raw batch can outgrow Kafka's message limit). Halving is deterministic, so a retried batch gets the same ids."""
+
+    def encode(part: list[dict[str, Any]], suffix: str) -> list[bytes]:
+        value = encode_security_batch({
+            "computer": host,
+            "batch_id": str(uuid.uuid5(OUTPUT_BATCH_NAMESPACE, source_batch_id + suffix)),
+            "source_batch_id": source_batch_id,
+            "rows": part,
+        })
+        if len(value) <= max_bytes or len(part) == 1:
+            return [value]
+        middle = len(part) // 2
+        return encode(part[:middle], suffix + "/0") + encode(part[middle:], suffix + "/1")
+
+    return encode(rows, "")
 
 
 def dead_letter_headers(reason: str, error: str, source: str, events: int) -> Headers:
@@ -75,10 +99,12 @@ class BatchProcessor:
         rules: RuleSet,
         flavour: str = "ama",
         context: NormalizeContext = DEFAULT_CONTEXT,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.rules = rules
         self.flavour = flavour
         self.context = context
+        self.max_message_bytes = max_message_bytes
 
     def process(self, value: bytes | None, key: bytes | None, deduper: Deduper, source: str) -> Outcome:
         """One raw message. ``source`` ("topic/partition/offset") only labels dead letters."""
@@ -101,12 +127,7 @@ class BatchProcessor:
         rows, rejected = self._normalize(kept)
         if rows:
             out.rows = len(rows)
-            out.value = encode_security_batch({
-                "computer": host,
-                "batch_id": str(uuid.uuid5(OUTPUT_BATCH_NAMESPACE, batch["batch_id"])),
-                "source_batch_id": batch["batch_id"],
-                "rows": rows,
-            })
+            out.values = encode_bounded(host, batch["batch_id"], rows, self.max_message_bytes)
         if rejected:
             out.dead_lettered = len(rejected)
             out.dead_letters.extend(self._rejected(batch, rejected, key, source))

@@ -147,8 +147,7 @@ def test_raw_replay_with_wider_rules_adds_only_the_new_events(sink_settings: Set
     normalized = []
     for b in batches:
         out = live.process(encode_raw_batch(b), b["host"].encode(), dedup, "raw")
-        if out.value is not None:
-            normalized.append((b["host"].encode(), out.value))
+        normalized.extend((b["host"].encode(), value) for value in out.values)
     half = len(normalized) // 2
     produce(s, s.topics.normalized, normalized[:half])
     delivered_live = run_live_sink(s).totals["rows_accepted"]

@@ -45,8 +45,8 @@ def test_rows_per_event_id_match_the_file_and_a_second_copy_yields_nothing() -> 
     deduper = Deduper(window_seconds=20 * 365 * 86400)
     batch = _raw_batch(events)
     out = processor.process(encode_raw_batch(batch), b"k", deduper, "raw/0/0")
-    assert out.value is not None
-    security = decode_security_batch(out.value)
+    assert len(out.values) == 1
+    security = decode_security_batch(out.values[0])
     assert Counter(r["EventID"] for r in security["rows"]) == {i: truth[i] for i in wanted}
     assert security["source_batch_id"] == batch["batch_id"]
     assert security["batch_id"] == str(uuid.uuid5(OUTPUT_BATCH_NAMESPACE, batch["batch_id"]))
@@ -54,13 +54,13 @@ def test_rows_per_event_id_match_the_file_and_a_second_copy_yields_nothing() -> 
     assert out.filtered == out.events_in - out.rows and out.duplicates == 0
     # The same events through another collector: all duplicates, no output message.
     again = processor.process(encode_raw_batch(_raw_batch(list(reversed(events)))), b"k", deduper, "raw/0/1")
-    assert again.value is None and again.duplicates == out.rows and again.rows == 0
+    assert again.values == [] and again.duplicates == out.rows and again.rows == 0
 
 
 def test_undecodable_message_is_dead_lettered_with_its_bytes() -> None:
     processor = BatchProcessor(RuleSet.compile([RuleSettings(name="d", event_set="All")]))
     out = processor.process(b"\x00\x00\x00\x00\x65garbage", b"host", Deduper(), "raw/2/17")
-    assert out.value is None and out.dead_lettered == 1
+    assert out.values == [] and out.dead_lettered == 1
     (letter,) = out.dead_letters
     headers = dict(letter.headers)
     assert letter.value == b"\x00\x00\x00\x00\x65garbage" and letter.key == b"host"
@@ -81,3 +81,17 @@ def test_not_normalisable_events_keep_the_original_event() -> None:
     dead = decode_raw_batch(letter.value)
     assert dead["events"] == [bad] or dead["events"][0]["time_created"] == 2**62
     assert dead["host"] == good[0]["computer"]
+
+
+def test_output_messages_stay_under_the_kafka_limit_and_keep_every_row() -> None:
+    """Rows carry EventData XML and grow past the raw batch: the output is split, deterministically."""
+    events = list(security_events())
+    processor = BatchProcessor(RuleSet.compile([RuleSettings(name="all", event_set="All")]), max_message_bytes=20_000)
+    batch = _raw_batch(events)
+    out = processor.process(encode_raw_batch(batch), b"k", Deduper(window_seconds=20 * 365 * 86400), "raw/0/0")
+    assert len(out.values) > 1 and all(len(v) <= 20_000 for v in out.values)
+    decoded = [decode_security_batch(v) for v in out.values]
+    assert sum(len(d["rows"]) for d in decoded) == out.rows == len(events)
+    assert len({d["batch_id"] for d in decoded}) == len(decoded)
+    again = processor.process(encode_raw_batch(batch), b"k", Deduper(window_seconds=20 * 365 * 86400), "raw/0/0")
+    assert [decode_security_batch(v)["batch_id"] for v in again.values] == [d["batch_id"] for d in decoded]
