@@ -19,7 +19,6 @@ from producers.batching import OutgoingBatch
 from producers.stage import BatchSink, EventSource, ProducerStage, SinkFactory
 from secstream import clikit
 from secstream.config import Settings
-from secstream.health import observed_stage
 from secstream.lifecycle import run_stage
 from secstream.telemetry import setup_telemetry
 
@@ -100,9 +99,7 @@ def produce(
                             delivered=stage.events_delivered, detail=stage.state.detail)
 
         try:
-            # Telemetry exporters and /healthz + /readyz (Kafka readiness only when sending to Kafka).
-            with observed_stage(settings, "producer", [stage.state], check_kafka=not settings.producer.collector_urls):
-                run_stage(stage, stop=stop, checkpoint_seconds=0.5, on_checkpoint=update)
+            run_stage(stage, stop=stop, checkpoint_seconds=0.5, on_checkpoint=update)
         except ValueError as exc:  # a damaged state file, a bad rule
             clikit.fail_config(str(exc))
         except RuntimeError as exc:  # refused agent token, fatal Kafka error

@@ -6,10 +6,17 @@ from typing import Annotated
 
 import typer
 
+from producers.cli import collect, produce
+from schemas.cli import schemas_app
 from secstream import clikit
 from secstream.broker_cli import broker_app
 from secstream.groups_cli import groups_app
+from secstream.replay.cli import replay
+from secstream.status_cli import status
 from secstream.topics_cli import topics_app
+from sinks.cli import sink
+from streams.cli import stream
+from workspace.cli import workspace_app
 
 app = typer.Typer(
     name="secstream",
@@ -36,7 +43,15 @@ def _root(
 
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
+app.add_typer(workspace_app, name="workspace")
 app.add_typer(groups_app, name="groups")
+app.add_typer(schemas_app, name="schemas")
+app.command("stream")(stream)
+app.command("sink")(sink)
+app.command("produce")(produce)
+app.command("collect")(collect)
+app.command("status")(status)
+app.command("replay")(replay)
 
 
 @app.command("config")

@@ -8,27 +8,23 @@ user would run it; everything is stopped at the end.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from schemas.event_sets import EVENT_SETS
 from secstream.broker import EmbeddedBroker
 from secstream.config import load_settings
+from secstream.pipeline import REPO, StageProcess, create_topics, write_config
 from workspace.testing import WorkspaceEmulator
 
 console = Console()
-REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".state" / "demo"
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "dev"
 SETTLE_SECONDS = 8.0  # no new rows for this long after the producer finished: the pipeline has drained
@@ -48,36 +44,7 @@ def demo_config(bootstrap: str, destination: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Stage:
-    """One ``secstream`` process with its log file."""
-
-    def __init__(self, name: str, args: list[str], config: Path) -> None:
-        self.name = name
-        self.log_path = STATE / f"{name}.log"
-        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed in stop()
-        self._log = log
-        env = {**os.environ, "SECSTREAM_CONFIG": str(config)}
-        self.process = subprocess.Popen([sys.executable, "-m", "secstream.cli", "--log-level", "info", *args],
-                                        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.running():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def wait_for_rows(ws: WorkspaceEmulator, producer: Stage, stages: list[Stage]) -> None:
+def wait_for_rows(ws: WorkspaceEmulator, producer: StageProcess, stages: list[StageProcess]) -> None:
     """Show progress until the producer is done and the workspace stops growing."""
     last_count, last_change = -1, time.monotonic()
     deadline = time.monotonic() + TIMEOUT_SECONDS
@@ -86,7 +53,7 @@ def wait_for_rows(ws: WorkspaceEmulator, producer: Stage, stages: list[Stage]) -
             for stage in stages:
                 if not stage.running() and stage is not producer:
                     raise RuntimeError(f"{stage.name} exited early:\n{stage.tail()}")
-            if not producer.running() and producer.process.returncode != 0:
+            if not producer.running() and producer.returncode != 0:
                 raise RuntimeError(f"producer failed:\n{producer.tail()}")
             count = ws.count()
             if count != last_count:
@@ -155,14 +122,12 @@ def main(corpus: Path = DEFAULT_CORPUS) -> None:
         ws = stack.enter_context(WorkspaceEmulator(STATE / "workspace"))
         console.print(f"workspace emulator on {ws.endpoint} (CA {ws.ca_path})")
 
-        config = STATE / "config.yaml"
-        config.write_text(yaml.safe_dump(demo_config(broker.bootstrap, ws.destination("demo")), sort_keys=False))
-        subprocess.run([sys.executable, "-m", "secstream.cli", "--config", str(config), "topics", "create"],
-                       check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+        config = write_config(STATE / "config.yaml", demo_config(broker.bootstrap, ws.destination("demo")))
+        create_topics(config)
 
-        stream = Stage("stream", ["stream"], config)
-        sink = Stage("sink", ["sink", "--destination", "demo"], config)
-        producer = Stage("producer", ["produce", "--quiet", str(corpus)], config)
+        stream = StageProcess("stream", ["stream"], config, STATE)
+        sink = StageProcess("sink", ["sink", "--destination", "demo"], config, STATE)
+        producer = StageProcess("producer", ["produce", "--quiet", str(corpus)], config, STATE)
         stages = [producer, stream, sink]
         for stage in reversed(stages):
             stack.callback(stage.stop)

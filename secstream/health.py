@@ -246,14 +246,16 @@ def start_health_server(
 
 
 @contextmanager
-def observed_stage(settings: Settings, stage: str, states: Iterable[StageState]) -> Iterator[HealthServer | None]:
+def observed_stage(settings: Settings, stage: str, states: Iterable[StageState],
+                   check_kafka: bool = True) -> Iterator[HealthServer | None]:
     """Everything a stage process needs around ``run_stage``: exporters for ``secstream-<stage>`` and, when
     ``telemetry.health_port`` is set, the health endpoints; pending telemetry is pushed on the way out.
 
-    ``with observed_stage(settings, "sink", [stage.state]): run_stage(stage)``
+    ``with observed_stage(settings, "sink", [stage.state]): run_stage(stage)``. ``check_kafka=False`` for a
+    process that does not talk to Kafka (a producer sending to collectors).
     """
     setup_telemetry(settings.telemetry, f"secstream-{stage}")
-    health = start_health_server(settings, states)
+    health = start_health_server(settings, states, check_kafka=check_kafka)
     try:
         yield health
     finally:

@@ -51,7 +51,9 @@ def parse_statistics(stats: dict[str, Any]) -> ClientSnapshot:
                 lag[(topic, partition)] = value
     brokers = (stats.get("brokers") or {}).values()
     return ClientSnapshot(
-        client=str(stats.get("client_id") or stats.get("name") or ""),
+        # librdkafka's handle name ("secstream#consumer-2") is unique in the process, where client.id is shared by
+        # a sink's consumer and producer and by the consumers of several destinations (same topic, partitions).
+        client=str(stats.get("name") or stats.get("client_id") or ""),
         kind=str(stats.get("type", "")),
         queue_messages=int(stats.get("msg_cnt", 0)),
         queue_bytes=int(stats.get("msg_size", 0)),
@@ -118,7 +120,9 @@ def _observe_queue_bytes(_options: CallbackOptions) -> Iterable[Observation]:
 
 
 def _observe_brokers_up(_options: CallbackOptions) -> Iterable[Observation]:
-    return [Observation(s.brokers_up, {"stage": c.stage, "client": s.client}) for c, s in _snapshots()]
+    # A snapshot that cannot know (the Faust worker's lag reporter) says -1.
+    return [Observation(s.brokers_up, {"stage": c.stage, "client": s.client})
+            for c, s in _snapshots() if s.brokers_up >= 0]
 
 
 def _ensure_instruments() -> None:

@@ -36,6 +36,10 @@ def planned_topics(settings: Settings) -> list[TopicSpec]:
         # The sink records what each destination has accepted; replay reads it to skip delivered ranges.
         TopicSpec(t.delivery_log, t.delivery_log_partitions, "per-destination delivered offset ranges",
                   {"retention.ms": "-1", "cleanup.policy": "compact,delete"}),
+        # Latest summary per (destination, partition, Computer) kept for good; the last hour stays uncompacted so
+        # `secstream status` can sum recent rows into events per minute.
+        TopicSpec(t.status, t.status_partitions, "per-Computer delivery summaries for `secstream status`",
+                  {"cleanup.policy": "compact", "retention.ms": "-1", "min.compaction.lag.ms": "3600000"}),
     ]
 
 
