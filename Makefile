@@ -30,6 +30,14 @@ typecheck: venv
 test: venv lint typecheck
 	$(BIN)/pytest -q
 
+# Every stage's benchmark and the whole pipeline in one session (~15 min on 2 cores) -> docs/benchmarks.md summary.
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+# The long chaos run (every EVTX file, every fault twice) and 10k+ fuzz cases; the short versions run in `make test`.
+reliability: venv
+	SECSTREAM_CHAOS=long SECSTREAM_FUZZ_PROFILE=fuzz $(BIN)/pytest -q tests/reliability
+
 clean:
 	rm -rf .state .pytest_cache .mypy_cache .ruff_cache
 
