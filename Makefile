@@ -34,7 +34,7 @@ test: venv lint typecheck
 bench: venv
 	$(BIN)/python bench/run_all.py
 
-# The long chaos run (every EVTX file, every fault twice) and 10k+ fuzz cases; the short versions run in `make test`.
+# The long chaos run (every EVTX file, every fault twice) and 10k+ fuzz cases; short fuzz runs are in `make test`.
 reliability: venv
 	SECSTREAM_CHAOS=long SECSTREAM_FUZZ_PROFILE=fuzz $(BIN)/pytest -q tests/reliability
 

@@ -113,7 +113,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def wait_caught_up(settings: Settings, timeout: float = 60.0) -> None:
+def wait_caught_up(settings: Settings, timeout: float = 120.0) -> None:
     """Until the worker group has committed every raw offset (so everything sent so far was processed)."""
     admin = AdminClient(client_config(settings.kafka))
     group = settings.stream.app_id
