@@ -339,4 +339,27 @@ def map_json_record(record: Any, provenance: dict[str, Any], fmt: str = "auto") 
     if mapper is None:
         raise RecordFormatError(f"unknown JSON format {fmt!r}")
     prov = provenance if provenance.get("source_format") == name else {**provenance, "source_format": name}
-    return mapper(record, prov)
+    try:
+        event = mapper(record, prov)
+    except (AttributeError, TypeError, KeyError) as exc:
+        # A field of an unexpected JSON type (an object where a string belongs, ...): this record is malformed.
+        raise RecordFormatError(f"unexpected value in a {name} record: {exc}") from None
+    _check_field_types(event)
+    return event
+
+
+_TEXT_FIELDS = ("provider_name", "provider_guid", "event_source_name", "keywords", "activity_id",
+                "related_activity_id", "channel", "computer", "user_id", "user_data_xml", "rendered_message")
+_INT_FIELDS = ("qualifiers", "version", "level", "task", "opcode", "event_record_id", "process_id", "thread_id")
+
+
+def _check_field_types(event: dict[str, Any]) -> None:
+    """One check for every format: JSON sources can put any type anywhere, the RawEvent schema cannot take it."""
+    for name in _TEXT_FIELDS:
+        value = event.get(name)
+        if value is not None and not isinstance(value, str):
+            raise RecordFormatError(f"{name} is a JSON {type(value).__name__}, not a string")
+    for name in _INT_FIELDS:
+        value = event.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise RecordFormatError(f"{name} is a JSON {type(value).__name__}, not an integer")

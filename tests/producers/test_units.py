@@ -10,7 +10,7 @@ from typing import Any
 import evtx
 import pytest
 
-from producers.adapters.json_formats import keywords_from_names, keywords_hex
+from producers.adapters.json_formats import RecordFormatError, keywords_from_names, keywords_hex, map_json_record
 from producers.adapters.wineventlog import LiveEventLogSource, bookmark_xml
 from producers.batching import Batcher
 from producers.checkpoint import ProducerState, ProgressTracker, load_state, save_state
@@ -161,3 +161,14 @@ def test_live_event_log_reads_and_resumes_from_a_bookmark(recorded: list[str]) -
     assert [p for _, p in resumed] == list(range(2001, 2262))
     assert api.subscriptions[1][2] == bookmark_xml("Security", 2000)
     assert "RecordId='2000'" in api.subscriptions[1][2]
+
+
+@pytest.mark.parametrize(("record", "fmt", "message"), [
+    ({"EventID": 4624, "Channel": "Security", "Hostname": "h", "TimeCreated": "2020-10-22T18:33:27.000Z",
+      "ProviderGuid": []}, "otrf", "provider_guid is a JSON list"),
+    ({"winlog": {"event_id": 4624}, "event": 1}, "winlogbeat", "unexpected value in a winlogbeat record"),
+])
+def test_json_values_of_the_wrong_type_are_a_record_error(record: dict[str, Any], fmt: str, message: str) -> None:
+    """Found by fuzzing: such a record stopped the whole producer instead of being dead-lettered alone."""
+    with pytest.raises(RecordFormatError, match=message):
+        map_json_record(record, {"source_format": fmt, "read_time_us": 0}, fmt)

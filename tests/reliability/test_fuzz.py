@@ -192,15 +192,6 @@ def _map_or_reject(record: Any, fmt: str) -> None:
     accepted(event)
 
 
-# Known, reported: the JSON adapters let non-string values through into string fields (e.g. OTRF
-# ``"ProviderGuid": []`` becomes provider_guid=[], which the RawEvent encoder then refuses) and raise AttributeError
-# on a Winlogbeat record whose ``event`` is not an object. Only those failure types are expected here; any other
-# exception still fails the test, and once the adapters are fixed the test passes.
-KNOWN_JSON_ADAPTER_BUGS = pytest.mark.xfail(raises=(AttributeError, TypeError, EncodeError), strict=False,
-                                            reason="JSON adapters: non-string values reach string fields")
-
-
-@KNOWN_JSON_ADAPTER_BUGS
 @FUZZ
 @given(mutated_real_json(), st.sampled_from(["auto", "winlogbeat", "nxlog", "otrf", "sentinel-export"]))
 def test_fuzz_damaged_real_json_records(record: Any, fmt: str) -> None:
