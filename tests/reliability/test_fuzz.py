@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from producers.adapters.event_xml import EventXmlError, iter_event_xml, parse_event_xml
 from producers.adapters.json_formats import RecordFormatError, map_json_record
-from schemas.codec import EncodeError, encode_raw_batch
+from schemas.codec import encode_raw_batch
 from secstream.config import ConfigError, Settings, load_settings
 from streams.xpath import XPathError, compile_queries
 from tests.conftest import CORPUS
