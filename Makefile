@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt schemas/_avrocodec.c producers/_evtxrender.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
@@ -27,8 +27,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Includes the short chaos run (~1.5 min; SECSTREAM_CHAOS=off skips it). SECSTREAM_REQUIRE_NATIVE_CODEC: a test
+# fails when the codec's C extension (schemas/_avrocodec.c) did not build or load.
 test: venv lint typecheck
-	$(BIN)/pytest -q
+	SECSTREAM_CHAOS=$${SECSTREAM_CHAOS:-short} SECSTREAM_REQUIRE_NATIVE_CODEC=1 $(BIN)/pytest -q
 
 # Every stage's benchmark and the whole pipeline in one session (~15 min on 2 cores) -> docs/benchmarks.md summary.
 bench: venv

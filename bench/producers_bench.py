@@ -8,9 +8,12 @@ Cases, each the best of ``--repeat`` passes:
 
 * ``bare_parse``: ``PyEvtxParser(path).records()`` only (Rust parse + XML rendering) - the ceiling;
 * ``parse_to_raw_event``: the producer's reader (XML -> RawEvent dicts, full-precision time);
+* ``parse_to_raw_event_python``: the same with the C record mapping (``producers._evtxrender``) switched off;
 * ``parse_batch_encode``: the above plus per-host batching and Avro encoding (no network);
 * ``evtx_to_kafka``: ``ProducerStage`` end to end, until the broker has acknowledged every batch
-  (zstd, idempotent, acks=all), checkpoints included.
+  (zstd, the default; idempotent, acks=all), checkpoints included;
+* ``evtx_to_kafka_lz4`` / ``evtx_to_kafka_none``: the same with ``producer.compression`` lz4 / none (librdkafka
+  compresses in its own thread, but in this process: its CPU counts).
 
 Run: ``.venv/bin/python bench/producers_bench.py [--events 60000] [--repeat 3]`` -> bench/results/producers.json
 """
@@ -32,6 +35,7 @@ from typing import Any
 
 import evtx
 
+from producers.adapters import event_xml
 from producers.adapters import sources as sources_module
 from producers.adapters.sources import discover
 from producers.batching import Batcher
@@ -98,6 +102,15 @@ def to_raw_events(paths: list[Path]) -> int:
     return n
 
 
+def to_raw_events_python(paths: list[Path]) -> int:
+    native = event_xml.native_from_record, event_xml._native_parse
+    event_xml.native_from_record = event_xml._native_parse = None
+    try:
+        return to_raw_events(paths)
+    finally:
+        event_xml.native_from_record, event_xml._native_parse = native
+
+
 def batch_and_encode(paths: list[Path]) -> int:
     batcher = Batcher(max_events=1000)
     n = 0
@@ -112,11 +125,12 @@ def batch_and_encode(paths: list[Path]) -> int:
     return n
 
 
-def to_kafka(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path) -> int:
+def to_kafka(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path, compression: str = "zstd") -> int:
+    name = f"{run}-{compression}"
     settings = Settings(
         kafka={"bootstrap_servers": broker.bootstrap},
-        topics={"raw": f"bench-raw-{run}", "dead_letter": f"bench-dlq-{run}", "raw_partitions": 3},
-        producer={"state_file": workdir / f"state-{run}.json"},
+        topics={"raw": f"bench-raw-{name}", "dead_letter": f"bench-dlq-{name}", "raw_partitions": 3},
+        producer={"state_file": workdir / f"state-{name}.json", "compression": compression},
     )
     ensure_topics(settings)
     try:
@@ -160,16 +174,21 @@ def main() -> None:
                     "sum_range_100_us": round(min(timeit.repeat("sum(range(100))", number=10_000, repeat=5))
                                               / 10_000 * 1e6, 2)},
         "input": {"files": [str(p.relative_to(CORPUS)) for p in FILES], "file_reads": len(paths)},
+        "native_evtx_mapping": event_xml.native_from_record is not None,
     }
     cases: dict[str, list[dict[str, float]]] = {k: [] for k in
-                                                ("bare_parse", "parse_to_raw_event", "parse_batch_encode",
-                                                 "evtx_to_kafka")}
+                                                ("bare_parse", "parse_to_raw_event", "parse_to_raw_event_python",
+                                                 "parse_batch_encode",
+                                                 "evtx_to_kafka", "evtx_to_kafka_lz4", "evtx_to_kafka_none")}
     try:
         for run in range(args.repeat):
             cases["bare_parse"].append(timed(bare_parse, paths))
             cases["parse_to_raw_event"].append(timed(to_raw_events, paths))
+            cases["parse_to_raw_event_python"].append(timed(to_raw_events_python, paths))
             cases["parse_batch_encode"].append(timed(batch_and_encode, paths))
             cases["evtx_to_kafka"].append(timed(to_kafka, paths, broker, run, workdir))
+            cases["evtx_to_kafka_lz4"].append(timed(to_kafka, paths, broker, run, workdir, "lz4"))
+            cases["evtx_to_kafka_none"].append(timed(to_kafka, paths, broker, run, workdir, "none"))
     finally:
         broker.stop()
         tmp.cleanup()

@@ -1,14 +1,18 @@
-"""Replay read path: fetch a bounded range from the embedded broker with assign() and count, as a dry run does.
+"""Replay read path: a bounded range fetched from the embedded broker with assign() and counted, as a dry run does.
 
-Cases (each a full ``secstream.replay.runner.dry_run`` over the same range, best of ``--passes``):
+"Read path" = everything a replay does before sending: fetch, decode and the replay's own per-batch work.
 
-* normalized, nothing delivered yet: fetch + decode every SecurityEventBatch + count per partition and EventID;
-* normalized, already delivered: fetch + row count from the batch header (what a backfill does with the part of the
-  window the destination holds);
-* raw, rules Common: fetch + decode RawEventBatch + filter + dedup + normalise + count;
+* normalized read path: fetch + decode every SecurityEventBatch + count per partition and EventID;
+* raw read path: fetch + decode every RawEventBatch + rules (Common) + dedup + normalise + count;
+* normalized, already delivered: fetch + row count from the batch header (the part of a window the destination
+  holds: nothing is decoded);
 * fetch only: the Kafka client and the range reader, no decoding (the ceiling of this path).
 
-Also the memory and CPU of the raw replay's skip set (``OriginIdSet``) per EventOriginId.
+Each is a whole ``secstream.replay.runner.dry_run`` (consumer start-up included), best of ``--passes``. Then the same
+data in process, without Kafka, split into its parts: decoding alone, and the replay's own work on decoded batches
+(``ReplayProcessor.take_security_batch`` / ``take_raw_batch``, also with a skip set of 1M EventOriginIds), so the
+read path can be read as fetch + decode + replay work per event. Also the memory and CPU of the skip set
+(``OriginIdSet``) per EventOriginId. The codec in use (native C engine or pure Python) is printed and recorded.
 
 Run: ``.venv/bin/python bench/replay_bench.py [--rows 100000] [--raw-events 20000] [--passes 3]``
 → ``bench/results/replay.json``.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import socket
 import sys
@@ -33,7 +38,13 @@ sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Producer  # noqa: E402
 
-from schemas.codec import encode_raw_batch, encode_security_batch  # noqa: E402
+from schemas.codec import (  # noqa: E402
+    decode_raw_batch,
+    decode_security_batch,
+    default_codec,
+    encode_raw_batch,
+    encode_security_batch,
+)
 from secstream.broker import EmbeddedBroker  # noqa: E402
 from secstream.config import Settings  # noqa: E402
 from secstream.kafka import producer_config  # noqa: E402
@@ -56,12 +67,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def fill(settings: Settings, rows: int, raw_events: int) -> tuple[int, int]:
-    """Produce ``rows`` SecurityEvent rows (batches of 500) and ~``raw_events`` corpus events (one host per batch)."""
-    producer = Producer(producer_config(settings.kafka, **{"linger.ms": 20}))
-    for batch in make_batches(rows, 500, computers=12):
-        producer.produce(settings.topics.normalized, key=batch["computer"].encode(), value=encode_security_batch(batch))
+def messages(rows: int, raw_events: int) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """(key, value) of ``rows`` SecurityEvent rows (batches of 500) and of ~``raw_events`` corpus events (one host
+    per batch, ≤ 500 per batch; copies of the corpus under other host names)."""
+    normalized = [(b["computer"].encode(), encode_security_batch(b)) for b in make_batches(rows, 500, computers=12)]
     events = list(corpus_events())
+    raw: list[tuple[bytes, bytes]] = []
     produced = 0
     copy = 0
     while produced < raw_events:
@@ -74,11 +85,58 @@ def fill(settings: Settings, rows: int, raw_events: int) -> tuple[int, int]:
                 chunk = evs[i:i + 500]
                 batch = {"host": host, "batch_id": str(uuid.uuid4()), "sequence": i, "agent_id": "bench",
                          "send_time_us": int(time.time() * 1e6), "events": chunk}
-                producer.produce(settings.topics.raw, key=host.encode(), value=encode_raw_batch(batch))
+                raw.append((host.encode(), encode_raw_batch(batch)))
                 produced += len(chunk)
         copy += 1
+    return normalized, raw
+
+
+def fill(settings: Settings, normalized: list[tuple[bytes, bytes]], raw: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer(producer_config(settings.kafka, **{"linger.ms": 20}))
+    for topic, records in ((settings.topics.normalized, normalized), (settings.topics.raw, raw)):
+        for key, value in records:
+            producer.produce(topic, key=key, value=value)
     assert producer.flush(60) == 0
-    return rows, produced
+
+
+def in_process(normalized: list[tuple[bytes, bytes]], raw: list[tuple[bytes, bytes]], rules: Any,
+               passes: int) -> dict[str, Any]:
+    """The read path without Kafka, in its parts: decode alone, and the replay's work on decoded batches."""
+    security = [decode_security_batch(v) for _, v in normalized]
+    raw_batches = [decode_raw_batch(v) for _, v in raw]
+    rows = sum(len(b["rows"]) for b in security)
+    events = sum(len(b["events"]) for b in raw_batches)
+    held = OriginIdSet(str(uuid.uuid4()) for _ in range(1_000_000))  # none of the rows' ids: all looked up, kept
+
+    def decode_security() -> int:
+        return sum(len(decode_security_batch(v)["rows"]) for _, v in normalized)
+
+    def decode_raw() -> int:
+        return sum(len(decode_raw_batch(v)["events"]) for _, v in raw)
+
+    def count_rows(skip: OriginIdSet | None = None) -> int:
+        processor = ReplayProcessor("normalized", skip_ids=skip)
+        for batch in security:
+            processor.take_security_batch(0, batch)
+        assert processor.counts.to_send == rows
+        return rows
+
+    def raw_pipeline() -> int:
+        processor = ReplayProcessor("raw", rules=rules)
+        for offset, batch in enumerate(raw_batches):
+            processor.take_raw_batch(offset % 3, offset, batch)
+        return events
+
+    return {
+        "decode SecurityEventBatch": measure("  decode SecurityEventBatch rows", decode_security, passes),
+        "decode RawEventBatch": measure("  decode RawEventBatch events", decode_raw, passes),
+        "replay work, normalized: count per partition and EventID": measure(
+            "  replay work: count rows per partition and EventID", count_rows, passes),
+        "replay work, normalized: skip set (1M ids) + count": measure(
+            "  replay work: skip-set look-up (1M ids) + count", lambda: count_rows(held), passes),
+        "replay work, raw: rules Common + dedup + normalise + count": measure(
+            "  replay work: rules + dedup + normalise + count (raw)", raw_pipeline, passes),
+    }
 
 
 def measure(name: str, work: Any, passes: int) -> dict[str, Any]:
@@ -90,9 +148,11 @@ def measure(name: str, work: Any, passes: int) -> dict[str, Any]:
         best_cpu = min(best_cpu, time.process_time() - cpu)
     out = {"events": units, "wall_s": round(best_wall, 3), "cpu_s": round(best_cpu, 3),
            "events_per_s_wall": round(units / best_wall), "events_per_s_cpu": round(units / best_cpu),
-           "vs_target": round(units / best_wall / TARGET_EPS, 2)}
-    print(f"{name:55s} {out['events_per_s_wall']:>10,} ev/s wall  {out['events_per_s_cpu']:>10,} ev/s cpu  "
-          f"({units:,} events)")
+           "us_per_event_cpu": round(best_cpu / units * 1e6, 2),
+           "vs_target": round(units / best_wall / TARGET_EPS, 2),
+           "vs_target_cpu": round(units / best_cpu / TARGET_EPS, 2)}
+    print(f"{name:58s} {out['events_per_s_wall']:>10,} ev/s wall  {out['events_per_s_cpu']:>10,} ev/s cpu  "
+          f"{out['us_per_event_cpu']:>6} µs/ev cpu  ({units:,} events)")
     return out
 
 
@@ -112,8 +172,13 @@ def skip_set_cost(n: int) -> dict[str, float]:
     found = sum(1 for i in ids[:100_000] if i in held)
     lookup_us = (time.process_time() - cpu) / 100_000 * 1e6
     assert found == min(n, 100_000)
+    cpu = time.process_time()
+    missing = sum(sum(held.absent(ids[i:i + 500])) for i in range(0, 100_000, 500))
+    batch_lookup_us = (time.process_time() - cpu) / 100_000 * 1e6
+    assert missing == 0
     return {"ids": n, "bytes_per_id": round(size / n, 1), "sorted_column_bytes_per_id": 16.0,
-            "build_us_per_id_cpu": round(build_us, 2), "lookup_us_cpu": round(lookup_us, 2)}
+            "build_us_per_id_cpu": round(build_us, 2), "lookup_us_cpu": round(lookup_us, 2),
+            "batch_lookup_us_cpu": round(batch_lookup_us, 2)}
 
 
 def main() -> None:
@@ -122,6 +187,12 @@ def main() -> None:
     parser.add_argument("--raw-events", type=int, default=20_000)
     parser.add_argument("--passes", type=int, default=3)
     args = parser.parse_args()
+    codec = default_codec().native_in_use
+    load = [round(x, 1) for x in os.getloadavg()]
+    print(f"codec: {'native' if all(codec.values()) else 'pure Python'} {codec}; load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    normalized_messages, raw_messages = messages(args.rows, args.raw_events)
+    rows, events = args.rows, sum(len(decode_raw_batch(v)["events"]) for _, v in raw_messages)
     with tempfile.TemporaryDirectory() as tmp:
         broker = EmbeddedBroker(data_dir=Path(tmp), port=free_port())
         broker.start()
@@ -129,7 +200,7 @@ def main() -> None:
             settings = Settings(kafka={"bootstrap_servers": broker.bootstrap},
                                 topics={"raw_partitions": 3, "normalized_partitions": 3})
             ensure_topics(settings)
-            rows, events = fill(settings, args.rows, args.raw_events)
+            fill(settings, normalized_messages, raw_messages)
             earliest = Position.parse("earliest")
             normalized = make_plan(settings, "normalized", earliest, None, None, None, None, "bench")
             raw = make_plan(settings, "raw", earliest, None, None, None, None, "bench")
@@ -153,22 +224,26 @@ def main() -> None:
                     consumer.close()
 
             cases = {
-                "normalized, decode + count per partition and EventID": measure(
-                    "normalized, decode + count per partition and EventID", normalized_decode, args.passes),
-                "normalized, already delivered (header row count)": measure(
-                    "normalized, already delivered (header row count)", normalized_delivered, args.passes),
-                "raw, decode + filter Common + dedup + normalise + count": measure(
-                    "raw, decode + filter Common + dedup + normalise + count", raw_common, args.passes),
+                "read path, normalized: fetch + decode + count per partition and EventID": measure(
+                    "read path, normalized: fetch + decode + count", normalized_decode, args.passes),
+                "read path, raw: fetch + decode + rules Common + dedup + normalise + count": measure(
+                    "read path, raw: fetch + decode + rules + dedup + normalise", raw_common, args.passes),
+                "normalized, already delivered: fetch + header row count": measure(
+                    "normalized, already delivered: fetch + header row count", normalized_delivered, args.passes),
                 "fetch only (500-row messages, no decode)": measure(
                     "fetch only (500-row messages, no decode)", fetch_only, args.passes),
             }
         finally:
             broker.stop()
+    print("in process, no Kafka (parts of the read path):")
+    parts = in_process(normalized_messages, raw_messages, compile_rules(raw.rules), args.passes)
     skip_set = skip_set_cost(1_000_000)
     print(f"skip set of {skip_set['ids']:,} ids: {skip_set['bytes_per_id']} bytes per id (columns: 16), "
-          f"{skip_set['build_us_per_id_cpu']} µs per add, {skip_set['lookup_us_cpu']} µs per look-up")
+          f"{skip_set['build_us_per_id_cpu']} µs per add, {skip_set['lookup_us_cpu']} µs per look-up alone, "
+          f"{skip_set['batch_lookup_us_cpu']} µs per id looked up 500 at a time")
     result = {"rows": rows, "raw_events": events, "python": platform.python_version(), "machine": platform.machine(),
-              "target_events_per_s": TARGET_EPS, "cases": cases, "skip_set": skip_set}
+              "codec_native": codec, "load_average_at_start": load,
+              "target_events_per_s": TARGET_EPS, "cases": cases, "in_process": parts, "skip_set": skip_set}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")

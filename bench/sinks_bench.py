@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import tempfile
 import threading
 import time
 import timeit
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -42,7 +44,7 @@ from secstream.config import Settings  # noqa: E402
 from secstream.kafka import producer_config  # noqa: E402
 from secstream.lifecycle import run_stage  # noqa: E402
 from secstream.topics import ensure_topics  # noqa: E402
-from sinks.request_builder import RequestBuilder, encode  # noqa: E402
+from sinks.request_builder import RequestBuilder, encode, gzip_body  # noqa: E402
 from sinks.runner import SinkStage  # noqa: E402
 from sinks.service import IngestionService  # noqa: E402
 from tests.sinks.rows import encoded, make_batches  # noqa: E402
@@ -77,25 +79,36 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_sink(settings: Settings, rows: int, name: str, far_pid: int | None) -> dict[str, Any]:
+def run_sink(settings: Settings, rows: int, name: str, far_pid: int | None, broker_pid: int | None) -> dict[str, Any]:
+    """One sink worker from start to the last accepted row; ``steady`` figures start at the first message taken
+    (after the consumer group join, which the embedded broker makes take ~1 s)."""
     stage = SinkStage(settings, settings.destinations[0])
     stop = threading.Event()
     cpu0, far0, t0 = time.process_time(), process_cpu(far_pid) if far_pid else 0.0, time.perf_counter()
+    broker0 = process_cpu(broker_pid) if broker_pid else 0.0
     thread = threading.Thread(target=run_stage, args=(stage, stop, settings.sink.checkpoint_seconds))
     thread.start()
+    while stage.totals["messages"] == 0 and thread.is_alive():
+        time.sleep(0.001)
+    t_first = time.perf_counter()
     while stage.totals["rows_accepted"] < rows and thread.is_alive():
         time.sleep(0.01)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    end = time.perf_counter()
+    wall, cpu = end - t0, time.process_time() - cpu0
     far_cpu = process_cpu(far_pid) - far0 if far_pid else None
+    broker_cpu = process_cpu(broker_pid) - broker0 if broker_pid else None
     stop.set()
     thread.join()
     if stage.totals["rows_accepted"] != rows:
         raise RuntimeError(f"{name}: {stage.totals['rows_accepted']} of {rows} rows accepted")
     result = {"rows": rows, "wall_s": round(wall, 3), "rows_per_s": round(rows / wall),
-              "sink_cpu_s": round(cpu, 2), "rows_per_sink_cpu_s": round(rows / cpu),
-              "requests": stage.totals["requests"]}
+              "steady_wall_s": round(end - t_first, 3), "steady_rows_per_s": round(rows / (end - t_first)),
+              "sink_cpu_s": round(cpu, 2), "sink_cpu_us_per_row": round(cpu / rows * 1e6, 1),
+              "rows_per_sink_cpu_s": round(rows / cpu), "requests": stage.totals["requests"]}
     if far_cpu is not None:
         result["far_end_cpu_s"] = round(far_cpu, 2)
+    if broker_cpu is not None:
+        result["broker_cpu_s"] = round(broker_cpu, 2)
     print(f"{name:>10}: {result}", flush=True)
     return result
 
@@ -111,21 +124,29 @@ def emulator_ceiling(ws: WorkspaceEmulator, settings: Settings, batches: list[di
     bodies = [(r.row_count, body) for request in requests for r, body in encode(request)]
     service = IngestionService(settings.destinations[0], settings.sink)
     dcr = settings.destinations[0].dcr_immutable_ids[0]
-    far0, t0 = process_cpu(ws.process.pid), time.perf_counter()  # type: ignore[union-attr]
+    far0, t0, cpu0 = process_cpu(ws.process.pid), time.perf_counter(), time.process_time()  # type: ignore[union-attr]
     with ThreadPoolExecutor(in_flight) as pool:
         list(pool.map(lambda b: service.send(dcr, b[1], f"bench-{id(b)}"), bodies))
-    wall = time.perf_counter() - t0
+    wall, client_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     far_cpu = process_cpu(ws.process.pid) - far0  # type: ignore[union-attr]
     service.close()
     rows = sum(n for n, _ in bodies)
     result = {"rows": rows, "wall_s": round(wall, 3), "rows_per_s": round(rows / wall),
-              "far_end_cpu_s": round(far_cpu, 2), "rows_per_far_end_cpu_s": round(rows / far_cpu)}
+              "far_end_cpu_s": round(far_cpu, 2), "rows_per_far_end_cpu_s": round(rows / far_cpu),
+              "far_end_cpu_us_per_row": round(far_cpu / rows * 1e6, 1), "requests": len(bodies),
+              "sdk_cpu_ms_per_request": round(client_cpu / len(bodies) * 1e3, 2)}
     print(f"{'ceiling':>10}: {result}", flush=True)
     return result
 
 
+def zlib_gzip(data: bytes, level: int) -> bytes:
+    """Gzip with the standard library's zlib, for comparison with ISA-L."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
 def cpu_breakdown(values: list[bytes]) -> dict[str, float]:
-    """CPU µs per row of the sink's own steps, no I/O: decode, serialise + pack, gzip (level 1 and 6)."""
+    """CPU µs per row of the sink's own steps, no I/O: decode, serialise + pack, gzip (ISA-L and zlib levels)."""
     from schemas.codec import decode_security_batch
 
     t = time.process_time()
@@ -137,18 +158,61 @@ def cpu_breakdown(values: list[bytes]) -> dict[str, float]:
     requests = [r for i, b in enumerate(decoded) for r in builder.add(0, i, b["computer"], b["rows"]).requests]
     requests += builder.drain()
     pack = time.process_time() - t
-    t = time.process_time()
-    gzip1 = sum(len(body) for r in requests for _, body in encode(r, level=1))
-    gzip1_s = time.process_time() - t
-    t = time.process_time()
-    gzip6 = sum(len(body) for r in requests for _, body in encode(r, level=6))
-    gzip6_s = time.process_time() - t
-    out = {"decode_us": decode, "serialise_and_pack_us": pack, "gzip1_us": gzip1_s, "gzip6_us": gzip6_s}
+    out: dict[str, float] = {"decode_us": decode, "serialise_and_pack_us": pack}
+    sizes: dict[str, int] = {}
+    bodies = [r.json_body() for r in requests]
+    for label, compress in (("isal1", lambda b: gzip_body(b, 1)), ("zlib1", lambda b: zlib_gzip(b, 1)),
+                            ("isal3", lambda b: gzip_body(b, 3)), ("zlib6", lambda b: gzip_body(b, 6))):
+        t = time.process_time()
+        sizes[label] = sum(len(compress(b)) for b in bodies)
+        out[f"gzip_{label}_us"] = time.process_time() - t
     result = {k: round(v / rows * 1e6, 2) for k, v in out.items()}
-    result.update(json_bytes_per_row=round(sum(r.raw_bytes for r in requests) / rows),
-                  gzip1_bytes_per_row=round(gzip1 / rows), gzip6_bytes_per_row=round(gzip6 / rows))
+    result["json_bytes_per_row"] = round(sum(r.raw_bytes for r in requests) / rows)
+    result.update({f"gzip_{label}_bytes_per_row": round(size / rows) for label, size in sizes.items()})
     print(f"{'cpu':>10}: {result}", flush=True)
     return result
+
+
+def per_row_path(stage: str, rows: int, batch: int, run: bool) -> None:
+    """The per-row work alone, for ``valgrind --tool=callgrind`` (instruction counts do not depend on the load).
+
+    ``sink``: on decoded messages, the status recorder, packing (serialise), gzip and offset tracking, no Kafka and
+    no HTTP. ``emulator``: on the sink's gzip bodies, the emulator's decode + shaping + SQLite write, in-process.
+    Everything is prepared first; ``run=False`` prepares only, so (count with run) - (count without) = the path.
+    """
+    from datetime import UTC, datetime
+
+    from schemas.codec import decode_security_batch
+    from secstream.config import WorkspaceEmulatorSettings
+    from secstream.status import StatusRecorder
+    from sinks.checkpoint import OffsetTracker
+    from workspace.server import Emulator, _Request
+
+    batches = make_batches(rows, batch, computers=50)
+    if stage == "sink":
+        decoded = [decode_security_batch(v) for _, v in encoded(batches)]
+        status, tracker, builder = StatusRecorder(Settings(), "bench"), OffsetTracker(), RequestBuilder()
+        requests = []
+        for offset, message in enumerate(decoded if run else []):
+            tracker.register(0, offset, len(message["rows"]))
+            status.took(0, offset, message["computer"], message["rows"])
+            requests += builder.add(0, offset, message["computer"], message["rows"]).requests
+        for request in requests + builder.drain():
+            for part, _body in encode(request):
+                tracker.accepted(part.segments)
+                status.resolved(part.segments, accepted=True)
+        return
+    builder = RequestBuilder()
+    requests = [r for offset, b in enumerate(batches)
+                for r in builder.add(0, offset, b["computer"], b["rows"]).requests]
+    bodies = [body for request in requests + builder.drain() for _, body in encode(request)]
+    state_dir = Path(tempfile.mkdtemp(prefix="sinks-bench-path-"))
+    emulator = Emulator(WorkspaceEmulatorSettings(state_dir=state_dir))
+    dcr, stream = next(iter(emulator.shapers))
+    for body in bodies if run else []:
+        emulator.store.write(emulator._shape_body(_Request(dcr, stream, "bench", body, "gzip", datetime.now(UTC))))
+    emulator.close()
+    shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def main() -> None:
@@ -156,7 +220,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=200, help="rows per SecurityEventBatch message")
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--per-row-path", choices=["sink", "emulator"],
+                        help="run only that per-row path over --rows rows (for callgrind), then exit")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="with --per-row-path: build the input, skip the run")
     args = parser.parse_args()
+    if args.per_row_path:
+        per_row_path(args.per_row_path, args.rows, args.batch, run=not args.prepare_only)
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="sinks-bench-"))
     broker = EmbeddedBroker(data_dir=tmp / "broker", port=free_port())
@@ -190,7 +261,7 @@ def main() -> None:
             for name, destination, far_pid in (("blackhole", hole, blackhole.pid),
                                                 ("emulator", ws.destination("emulator"), ws.process.pid)):
                 settings = base.model_copy(update={"destinations": Settings(destinations=[destination]).destinations})
-                result[name] = run_sink(settings, args.rows, name, far_pid)
+                result[name] = run_sink(settings, args.rows, name, far_pid, broker.pid())
             result["emulator_ceiling"] = emulator_ceiling(ws, base.model_copy(
                 update={"destinations": [Settings(destinations=[ws.destination("ceiling")]).destinations[0]]}),
                 batches, args.in_flight)
@@ -198,6 +269,7 @@ def main() -> None:
         blackhole.terminate()
         blackhole.wait(10)
         broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the broker's snapshot of every row sent
     result["load_average_at_end"] = os.getloadavg()
     result["target_rows_per_s"] = TARGET
     result["blackhole_vs_target"] = round(result["blackhole"]["rows_per_s"] / TARGET, 2)

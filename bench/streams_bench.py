@@ -7,7 +7,9 @@ on the same pre-produced input, against the embedded broker:
 * ``confluent-kafka``: consume(500) → process → produce(partition = source partition), offsets stored after
   produce and committed by librdkafka, as a minimal hand-written stage would do;
 * ``faust``: ``secstream stream`` itself (uvloop, ``-l info``, direct ``app.producer.send``, 1 MiB producer batches,
-  5 ms linger), timed from its first output message to its last.
+  5 ms linger, zstd output), timed from its first output message to its last.
+
+Both producers compress the output with ``stream.producer_compression`` (zstd by default).
 
 Input: real events of the dev corpus (EVTX) as templates, re-stamped per host with recent times and growing
 record ids, in RawEventBatches of 500 events of one host; a share of the batches is sent a second time with another
@@ -190,7 +192,8 @@ def run_confluent(settings: Settings, n_messages: int) -> dict[str, Any]:
     group = f"bench-ck-{uuid.uuid4().hex[:6]}"
     consumer = Consumer(consumer_config(settings.kafka, group, **{"enable.auto.commit": True,
                                                                   "auto.commit.interval.ms": 2000}))
-    producer = Producer(producer_config(settings.kafka))
+    # Same output compression as the Faust worker (stream.producer_compression), at librdkafka's default level.
+    producer = Producer({**producer_config(settings.kafka), "compression.type": settings.stream.producer_compression})
     consumer.subscribe([settings.topics.raw])
     seen = rows = 0
     t0 = cpu0 = 0.0

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from opentelemetry import metrics
+from opentelemetry import metrics, propagate, trace
 
 from producers.batching import OutgoingBatch
 from producers.kafka_sink import split_batch
@@ -29,6 +29,7 @@ from secstream.config import Settings
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter("secstream.producer")
+_tracer = trace.get_tracer("secstream.producer")
 _posts = _meter.create_counter("secstream.producer.collector_posts")
 _failovers = _meter.create_counter("secstream.producer.collector_failovers")
 
@@ -100,13 +101,23 @@ class CollectorSink:
         log.warning("stopping with batch %s undelivered; it is sent again on restart", batch.batch_id)
 
     def _post(self, url: str, body: bytes, batch: OutgoingBatch) -> str:
-        request = urllib.request.Request(url, data=body, method="POST", headers={
+        batch.attempts += 1
+        # One span per POST; its W3C traceparent travels in the request, and the collector continues the trace
+        # into the Kafka record it writes.
+        with _tracer.start_as_current_span("producer.collector_post", kind=trace.SpanKind.CLIENT, attributes={
+                "secstream.host": batch.host, "secstream.batch_id": batch.batch_id,
+                "secstream.events": len(batch.events), "secstream.attempt": batch.attempts, "url.full": url}):
+            return self._post_traced(url, body, batch)
+
+    def _post_traced(self, url: str, body: bytes, batch: OutgoingBatch) -> str:
+        headers = {
             "Authorization": f"Bearer {self.token}",
             "Content-Type": CONTENT_TYPE,
             "Content-Encoding": "gzip",
             "X-Batch-Id": batch.batch_id,
-        })
-        batch.attempts += 1
+        }
+        propagate.inject(headers)
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
         _posts.add(1)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:

@@ -34,7 +34,7 @@ from aiohttp import web
 from confluent_kafka import KafkaError, Producer
 from fastavro import parse_schema
 from fastavro.validation import ValidationError, validate
-from opentelemetry import metrics
+from opentelemetry import metrics, propagate, trace
 
 from producers.kafka_sink import kafka_producer_conf
 from producers.timeutil import now_us
@@ -42,9 +42,11 @@ from schemas.avsc import read_avsc
 from schemas.codec import DecodeError, decode_raw_batch, encode_raw_batch
 from secstream.config import CollectorSettings, Settings
 from secstream.kafka_metrics import KafkaClientStats
+from secstream.telemetry import inject_trace_headers
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter("secstream.collector")
+_tracer = trace.get_tracer("secstream.collector")
 _requests = _meter.create_counter("secstream.collector.requests")
 _events = _meter.create_counter("secstream.collector.events_accepted")
 _rejected = _meter.create_counter("secstream.collector.lines_rejected")
@@ -219,14 +221,21 @@ class Collector:
 
     async def handle(self, request: web.Request) -> web.Response:
         _requests.add(1)
-        try:
-            return await self._handle(request)
-        except RequestError as exc:
-            _requests.add(1, {"status": str(exc.status)})
-            headers = {"Retry-After": "1"} if exc.status in (429, 503) else {}
-            if exc.status == 401:
-                headers["WWW-Authenticate"] = "Bearer"
-            return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+        # The agent's W3C traceparent (if any) is the parent: the records written below carry this span's trace.
+        with _tracer.start_as_current_span("collector.request", context=propagate.extract(request.headers),
+                                           kind=trace.SpanKind.SERVER) as span:
+            try:
+                return await self._handle(request)
+            except RequestError as exc:
+                span.set_attribute("http.response.status_code", exc.status)
+                return self._refusal(exc)
+
+    def _refusal(self, exc: RequestError) -> web.Response:
+        _requests.add(1, {"status": str(exc.status)})
+        headers = {"Retry-After": "1"} if exc.status in (429, 503) else {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
 
     async def _handle(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
@@ -309,7 +318,7 @@ class Collector:
         for batch in batches:
             value = encode_raw_batch(batch)
             futures.append(self.writer.send(self.settings.topics.raw, batch["host"].encode("utf-8"), value,
-                                            [("batch_id", batch["batch_id"].encode())]))
+                                            inject_trace_headers([("batch_id", batch["batch_id"].encode())])))
         if not futures:
             return
         try:
@@ -319,8 +328,8 @@ class Collector:
 
     def _dead_letter_future(self, raw: bytes, reason: str, agent: str) -> asyncio.Future[None]:
         return self.writer.send(self.settings.topics.dead_letter, agent.encode(), raw, [
-            ("reason", reason.encode("utf-8", "replace")[:4000]), ("stage", b"collector"),
-            ("agent_id", agent.encode()), ("collector_id", self.collector_id.encode())])
+            ("secstream.reason", reason.encode("utf-8", "replace")[:4000]), ("secstream.stage", b"collector"),
+            ("secstream.agent_id", agent.encode()), ("secstream.collector_id", self.collector_id.encode())])
 
     async def _dead_letter(self, raw: bytes, reason: str, agent: str) -> None:
         try:

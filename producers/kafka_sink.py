@@ -112,8 +112,8 @@ class KafkaBatchSink:
         _dead_letters.add(1, {"stage": "producer"})
         self.producer.produce(
             self.dead_letter_topic, value=raw or b"", key=source.encode("utf-8", "replace"),
-            headers=[("reason", reason.encode("utf-8", "replace")[:4000]), ("stage", b"producer"),
-                     ("source", source.encode("utf-8", "replace"))],
+            headers=[("secstream.reason", reason.encode("utf-8", "replace")[:4000]), ("secstream.stage", b"producer"),
+                     ("secstream.source", source.encode("utf-8", "replace"))],
         )
 
     def _wait_for_room(self, size: int, wait: Callable[[], bool] | None) -> None:

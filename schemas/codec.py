@@ -7,10 +7,12 @@ written with any older version of a schema through Avro schema resolution into t
 
 Batches are plain dicts with the field names of the ``.avsc`` files; absent keys take the field's default.
 Both schemas' current versions go through codecs specialised to them, which write the same bytes as fastavro
-several times faster: RawEventBatch through code generated from its schema (``schemas.compiled``),
-SecurityEventBatch, whose rows have 237 nullable columns of which ~30 are filled, through
-``schemas.nullable_record``; its decoded rows are sparse: a null column is absent from the row dict. Data written
-with an older schema version is read by fastavro with Avro schema resolution.
+many times faster: the native engine (``schemas.native``, a C extension running a program compiled from the
+schema) when it is built and not disabled with ``SECSTREAM_NATIVE_CODEC=0``; otherwise pure Python:
+RawEventBatch through code generated from its schema (``schemas.compiled``), SecurityEventBatch, whose rows have
+237 nullable columns of which ~30 are filled, through ``schemas.nullable_record``. Decoded SecurityEvent rows are
+sparse: a null column is absent from the row dict. Data written with an older schema version is read by fastavro
+with Avro schema resolution.
 """
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from typing import Any, Protocol
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from schemas.avsc import AVRO_DIR, RAW_EVENT_BATCH, SECURITY_EVENT_BATCH, MessageSchema, by_local_id, message_schema
+from schemas import native as native_engine
+from schemas.avsc import (
+    AVRO_DIR,
+    RAW_EVENT_BATCH,
+    ROW_SCHEMA,
+    SECURITY_EVENT_BATCH,
+    MessageSchema,
+    by_local_id,
+    message_schema,
+)
 from schemas.compiled import compile_record
 from schemas.nullable_record import EnvelopeCodec
 
@@ -97,10 +108,21 @@ class LocalSchemaIds:
         return found.parsed
 
 
-class Codec:
-    """Encodes and decodes the message schemas' current versions with ids from ``ids``."""
+Encoder = Callable[[dict[str, Any], bytes], bytes]  # (batch, wire-format header) -> message value
 
-    def __init__(self, ids: SchemaIds | None = None, avro_dir: Path = AVRO_DIR) -> None:
+
+def _prefixing(encode: Callable[[dict[str, Any]], bytes]) -> Encoder:
+    return lambda batch, header: header + encode(batch)
+
+
+class Codec:
+    """Encodes and decodes the message schemas' current versions with ids from ``ids``.
+
+    ``native``: use the C engine (True), the pure-Python codecs (False), or the C engine when it is built and
+    ``SECSTREAM_NATIVE_CODEC`` is not ``0`` (None, the default). ``native_in_use`` tells which one was taken.
+    """
+
+    def __init__(self, ids: SchemaIds | None = None, avro_dir: Path = AVRO_DIR, native: bool | None = None) -> None:
         self.ids: SchemaIds = ids if ids is not None else LocalSchemaIds(avro_dir)
         self.raw_schema = message_schema(RAW_EVENT_BATCH, avro_dir=avro_dir)
         self.security_schema = message_schema(SECURITY_EVENT_BATCH, avro_dir=avro_dir)
@@ -108,12 +130,24 @@ class Codec:
         self._writers: dict[tuple[str, int], Any] = {}
         # Codecs specialised to the current versions; data written by older versions goes through fastavro.
         self._fast: dict[str, BodyCodec] = {}
-        fast_raw = compile_record(self.raw_schema.definition)
-        if fast_raw is not None:
-            self._fast[RAW_EVENT_BATCH] = fast_raw
-        fast_security = EnvelopeCodec.for_schema(self.security_schema.definition)
-        if fast_security is not None:
-            self._fast[SECURITY_EVENT_BATCH] = fast_security
+        self._fast_encode: dict[str, Encoder] = {}
+        self.native_in_use: dict[str, bool] = {}
+        use_native = native_engine.enabled() if native is None else native
+        if use_native and not native_engine.available():
+            raise RuntimeError(f"the native codec is not built ({native_engine.IMPORT_ERROR})")
+        for schema, sparse in ((self.raw_schema, ()), (self.security_schema, (ROW_SCHEMA[SECURITY_EVENT_BATCH],))):
+            program = native_engine.build(schema.definition, sparse) if use_native else None
+            if program is not None:
+                self._fast[schema.name] = program
+                self._fast_encode[schema.name] = program.encode
+                self.native_in_use[schema.name] = True
+                continue
+            fallback = (compile_record(schema.definition) if schema.name == RAW_EVENT_BATCH
+                        else EnvelopeCodec.for_schema(schema.definition))
+            if fallback is not None:
+                self._fast[schema.name] = fallback
+                self._fast_encode[schema.name] = _prefixing(fallback.encode)
+            self.native_in_use[schema.name] = False
 
     def encode_raw_batch(self, batch: dict[str, Any]) -> bytes:
         return self._encode(self.raw_schema, batch)
@@ -136,10 +170,10 @@ class Codec:
 
     def _encode(self, schema: MessageSchema, batch: dict[str, Any]) -> bytes:
         header = self._header(schema)  # a registry problem is not the batch's fault: not an EncodeError
-        fast = self._fast.get(schema.name)
+        fast = self._fast_encode.get(schema.name)
         try:
             if fast is not None:
-                return header + fast.encode(batch)
+                return fast(batch, header)
             out = BytesIO()
             out.write(header)
             schemaless_writer(out, schema.parsed, batch)

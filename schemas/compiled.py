@@ -42,6 +42,10 @@ def _bad_branch(byte: int, pos: int, field: str) -> None:
     raise ValueError(f"{field}: union branch {byte} at offset {pos} (expected 0 or 1)")
 
 
+def _not_str(value: Any, field: str) -> bytes:
+    raise TypeError(f"{field}: expected str, got {type(value).__name__}")
+
+
 def _bad_length(size: int, pos: int, total: int, field: str) -> None:
     raise ValueError(f"{field}: length {size} at offset {pos} runs past the end of {total} bytes")
 
@@ -79,7 +83,7 @@ def _type_name(kind: Any) -> str:
 
 
 def _encode_value(w: _Writer, kind: Any, value: str, indent: int, label: str) -> None:
-    if isinstance(kind, list):  # ["null", X], checked by _check_supported
+    if isinstance(kind, list):  # ["null", X], checked by check_supported
         w.emit(indent, f"if {value} is None: out(b'\\x00')")
         w.emit(indent, "else:")
         w.emit(indent + 1, "out(b'\\x02')")
@@ -88,7 +92,7 @@ def _encode_value(w: _Writer, kind: Any, value: str, indent: int, label: str) ->
     name = _type_name(kind)
     if name == "string":
         data = w.var("b")
-        w.emit(indent, f"{data} = {value}.encode('utf-8')")
+        w.emit(indent, f"{data} = {value}.encode('utf-8') if type({value}) is str else not_str({value}, {label!r})")
         w.emit(indent, f"n = len({data})")
         w.emit(indent, f"out(SMALL[n] if n < 64 else zz(n)); out({data})")
     elif name == "bytes":
@@ -146,7 +150,7 @@ def _read_varint_into(w: _Writer, target: str, indent: int) -> None:
 
 
 def _decode_value(w: _Writer, kind: Any, target: str, indent: int, label: str) -> None:
-    if isinstance(kind, list):  # ["null", X], checked by _check_supported
+    if isinstance(kind, list):  # ["null", X], checked by check_supported
         w.emit(indent, "c = buf[pos]; pos += 1")
         w.emit(indent, f"if c == 0: {target} = None")
         w.emit(indent, "elif c == 2:")
@@ -210,7 +214,7 @@ def _decode_record(w: _Writer, schema: dict[str, Any], target: str, indent: int,
 
 _NAMESPACE = {
     "SMALL": _SMALL, "DOUBLE": _DOUBLE, "FLOAT": _FLOAT, "zz": zigzag_varint, "read_varint": read_varint,
-    "check_int": _check_int, "bad_branch": _bad_branch, "bad_length": _bad_length,
+    "check_int": _check_int, "bad_branch": _bad_branch, "bad_length": _bad_length, "not_str": _not_str,
 }
 
 Encoder = Callable[[dict[str, Any]], bytes]
@@ -226,12 +230,12 @@ class CompiledRecord:
     source: str
 
 
-def _check_supported(kind: Any) -> None:
+def check_supported(kind: Any) -> None:
     """Unsupported for named-type references, enums, maps, fixed and wider unions (fastavro handles those)."""
     if isinstance(kind, list):
         if len(kind) != 2 or kind[0] != "null":
             raise Unsupported(f"union {kind}")
-        _check_supported(kind[1])
+        check_supported(kind[1])
     elif isinstance(kind, str):
         if kind not in _PRIMITIVES:
             raise Unsupported(f"named type reference {kind}")
@@ -239,9 +243,9 @@ def _check_supported(kind: Any) -> None:
         raise Unsupported(f"logical type {kind['logicalType']}")
     elif kind["type"] == "record":
         for field in kind["fields"]:
-            _check_supported(field["type"])
+            check_supported(field["type"])
     elif kind["type"] == "array":
-        _check_supported(kind["items"])
+        check_supported(kind["items"])
     elif kind["type"] not in _PRIMITIVES:
         raise Unsupported(str(kind["type"]))
 
@@ -249,7 +253,7 @@ def _check_supported(kind: Any) -> None:
 def compile_record(schema: dict[str, Any]) -> CompiledRecord | None:
     """The compiled codec of a self-contained record schema, or None if it uses what the compiler leaves out."""
     try:
-        _check_supported(schema)
+        check_supported(schema)
         w = _Writer()
         w.emit(0, "def encode(record):")
         w.emit(1, "parts = []; out = parts.append")

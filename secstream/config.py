@@ -187,6 +187,11 @@ class SinkSettings(_Section):
     max_field_bytes: int = Field(65_536, ge=256, le=65_536, description="longer values are truncated")
     gzip_level: int = Field(1, ge=1, le=9)
     checkpoint_seconds: float = Field(1.0, gt=0, description="sync commit interval; longest wait of a partial request")
+    # After each accepted request the rows done of partly delivered messages go into the commit metadata, so a
+    # restarted sink resends only the requests that were in flight; at most this often (0 = after every request).
+    progress_commit_interval_ms: int = Field(100, ge=0, le=60_000, description="row-progress commit rate limit")
+    # Off: only whole messages count (for a broker that drops commit metadata, the rows are then simply resent).
+    row_progress: bool = Field(True, description="record delivered rows of partly delivered messages")
     poll_batch: int = Field(500, ge=1, le=100_000, description="Kafka messages per poll")
     request_timeout_seconds: float = Field(60.0, gt=0)
     retry_backoff_seconds: float = Field(0.5, gt=0, description="first retry delay for 5xx and connection errors")
@@ -196,6 +201,11 @@ class SinkSettings(_Section):
     # Static group membership (e.g. the StatefulSet pod name): a restarted sink takes its partitions back at
     # once instead of waiting for its old session to expire. Unique per running sink.
     group_instance_id: str | None = None
+    # A normalized message whose raw position is not above the highest already read from that raw partition is the
+    # stream stage writing its output again after a crash: skipped. The mark counts for this long (Kafka message
+    # time); it must cover the stream's commit interval plus its restart time. 0 turns the skip off.
+    reemission_window_seconds: float = Field(
+        600.0, ge=0, description="skip stream re-emissions within this much message time of the original")
 
 
 class ReplaySettings(_Section):
@@ -223,11 +233,15 @@ class StreamSettings(_Section):
     commit_interval_seconds: float = Field(2.8, gt=0)
     producer_max_batch_bytes: int = Field(1_048_576, ge=16_384)
     producer_linger_ms: float = Field(5.0, ge=0)
+    producer_compression: Literal["zstd", "lz4", "gzip", "snappy", "none"] = Field(
+        "zstd", description="output compression; aiokafka's lz4 is level 9 (8x slower than zstd level 3, 3x larger)")
     session_timeout_seconds: float = Field(10.0, gt=0)
     rebalance_timeout_seconds: float = Field(
         60.0, gt=0, description="how long a rebalance waits for members; a killed worker holds it up this long")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="worker log level; info also keeps Faust's spinner (and its debug records) off")
+    broker_wait_seconds: float = Field(
+        600.0, ge=0, description="at start, wait this long for Kafka to become reachable before giving up")
 
 
 class ProducerSettings(_Section):

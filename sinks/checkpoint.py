@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from sinks.request_builder import Segment
+from sinks.row_progress import MAX_ENTRIES, Range, add_range, covered, progress_fields
 
 
 @dataclass(slots=True)
@@ -34,6 +35,8 @@ class _Message:
     pending: int
     accepted: int = 0
     dead_lettered: int = 0
+    earlier: int = 0  # rows a previous owner of the partition had already delivered (not sent again)
+    done: list[Range] = field(default_factory=list)  # row-index ranges resolved so far
 
 
 @dataclass(slots=True)
@@ -43,6 +46,7 @@ class _Partition:
     committed: int | None = None  # position at the last commit
     accepted: int = 0  # rows of done messages since the last commit
     dead_lettered: int = 0
+    earlier: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ class DeliveredRange:
     last_offset: int
     rows_accepted: int
     rows_dead_lettered: int
+    rows_delivered_earlier: int = 0  # by a previous owner of the partition (recorded in the commit metadata)
 
 
 class OffsetTracker:
@@ -60,13 +65,15 @@ class OffsetTracker:
     def __init__(self) -> None:
         self._partitions: dict[int, _Partition] = {}
 
-    def register(self, partition: int, offset: int, rows: int) -> None:
-        """A message was consumed with ``rows`` rows to deliver (0 = nothing to deliver, done at once)."""
+    def register(self, partition: int, offset: int, rows: int, done: list[Range] | None = None) -> None:
+        """A message was consumed with ``rows`` rows to deliver (0 = nothing to deliver, done at once); ``done``:
+        the row ranges already delivered before (by a previous owner), which are not sent again."""
         state = self._partitions.setdefault(partition, _Partition())
         if state.committed is None:
             state.committed = offset  # first message seen since assignment: nothing before it is ours
-        state.messages[offset] = _Message(pending=rows)
-        if rows == 0:
+        earlier = covered(done) if done else 0
+        state.messages[offset] = _Message(pending=rows - earlier, earlier=earlier, done=list(done or ()))
+        if rows == earlier:
             self._advance(state)
 
     def accepted(self, segments: Iterable[Segment]) -> None:
@@ -89,6 +96,7 @@ class OffsetTracker:
                 message.dead_lettered += seg.rows
             else:
                 message.accepted += seg.rows
+            add_range(message.done, seg.first, seg.end)
             touched.add(seg.partition)
         for partition in touched:
             self._advance(self._partitions[partition])
@@ -103,6 +111,7 @@ class OffsetTracker:
             state.position = offset + 1
             state.accepted += message.accepted
             state.dead_lettered += message.dead_lettered
+            state.earlier += message.earlier
 
     def committable(self) -> dict[int, DeliveredRange]:
         """Per partition, the range done since the last commit (``last_offset + 1`` is the offset to commit)."""
@@ -110,8 +119,38 @@ class OffsetTracker:
         for partition, state in self._partitions.items():
             if state.position is not None and state.committed is not None and state.position > state.committed:
                 out[partition] = DeliveredRange(partition, state.committed, state.position - 1,
-                                                state.accepted, state.dead_lettered)
+                                                state.accepted, state.dead_lettered, state.earlier)
         return out
+
+    def progress(self, partition: int) -> tuple[int | None, list[tuple[int, int]], dict[int, list[Range]]]:
+        """What a restarted owner needs to send only the rest: the offset after the partition's done prefix, the
+        runs (first, last offset) of wholly done messages after it, and the done row ranges of partly done ones."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return None, [], {}
+        whole: list[tuple[int, int]] = []
+        partial: dict[int, list[Range]] = {}
+        extend = False  # whether the previous message was wholly done (the next one continues its run)
+        for offset, message in state.messages.items():
+            if message.pending == 0:
+                if extend:
+                    whole[-1] = (whole[-1][0], offset)
+                else:
+                    whole.append((offset, offset))
+                extend = True
+                continue
+            extend = False
+            if message.done:
+                partial[offset] = list(message.done)
+            if len(whole) + len(partial) >= MAX_ENTRIES:
+                break
+        return state.position, whole, partial
+
+    def progress_fields(self, partition: int, committed: int, budget: int | None = None) -> dict[str, Any]:
+        """The commit-metadata keys (``sinks.row_progress``) that go with committing offset ``committed``."""
+        through, whole, partial = self.progress(partition)
+        return progress_fields(through if through is not None and through > committed else None, whole, partial,
+                               budget)
 
     def mark_committed(self, ranges: Iterable[DeliveredRange]) -> None:
         for r in ranges:
@@ -121,6 +160,7 @@ class OffsetTracker:
             state.committed = r.last_offset + 1
             state.accepted = 0
             state.dead_lettered = 0
+            state.earlier = 0
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop the state of partitions this worker no longer owns."""
@@ -148,6 +188,7 @@ def delivery_record(
         "last_offset": delivered.last_offset,
         "rows_accepted": delivered.rows_accepted,
         "rows_dead_lettered": delivered.rows_dead_lettered,
+        "rows_delivered_earlier": delivered.rows_delivered_earlier,
         "recorded_at": datetime.fromtimestamp(now if now is not None else time.time(), UTC).isoformat(),
     }
     if extra:

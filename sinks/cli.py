@@ -48,4 +48,5 @@ def sink(
         t = stage.totals
         clikit.console.print(
             f"{stage.destination.name}: {t['messages']:,} messages, {t['rows_accepted']:,} rows accepted, "
-            f"{t['rows_dead_lettered']:,} dead-lettered, {t['requests']:,} requests", highlight=False)
+            f"{t['rows_dead_lettered']:,} dead-lettered, {t['requests']:,} requests, "
+            f"{t['reemissions_skipped']:,} stream re-emissions skipped", highlight=False)

@@ -191,6 +191,8 @@ class Placed:
 # send(dcr, gzip_body, request_id) raises the SDK's exceptions; on_attempt(status, seconds) is for metrics.
 Send = Callable[[str, bytes, str], None]
 OnAttempt = Callable[[str, float], None]
+# on_placed(placed) is called (in the delivering thread) as each part is placed, before the rest of a split request
+OnPlaced = Callable[[Placed], None]
 
 
 @dataclass(slots=True)
@@ -205,17 +207,19 @@ class Deliverer:
     stop: threading.Event
     on_attempt: OnAttempt | None = None
 
-    def deliver(self, request: Request, dcr: str) -> list[Placed]:
+    def deliver(self, request: Request, dcr: str, on_placed: OnPlaced | None = None) -> list[Placed]:
+        """Place every row of ``request``; ``on_placed`` hears of each part as soon as it is placed (so a caller
+        can record the rows of a split request's first halves while the others are still on their way)."""
         placed: list[Placed] = []
         for part, body in encode(request, self.max_wire_bytes, self.gzip_level):
             if not body:  # one row whose gzip alone is over the limit
-                placed.append(Placed(part, b"", str(uuid.uuid4()), dcr, 0, Decision(
-                    Action.DEAD_LETTER, None, "row-too-large", "a single row is over the request size limit")))
+                placed.append(_report(on_placed, Placed(part, b"", str(uuid.uuid4()), dcr, 0, Decision(
+                    Action.DEAD_LETTER, None, "row-too-large", "a single row is over the request size limit"))))
                 continue
-            placed.extend(self._deliver_body(part, body, dcr))
+            placed.extend(self._deliver_body(part, body, dcr, on_placed))
         return placed
 
-    def _deliver_body(self, request: Request, body: bytes, dcr: str) -> list[Placed]:
+    def _deliver_body(self, request: Request, body: bytes, dcr: str, on_placed: OnPlaced | None) -> list[Placed]:
         request_id = str(uuid.uuid4())  # the same on every attempt: the service can tell retries apart
         attempt = 0
         while True:
@@ -228,16 +232,16 @@ class Deliverer:
                 self._count(str(decision.status or decision.code), started)
             else:
                 self._count("204", started)
-                return [Placed(request, body, request_id, dcr, attempt)]
+                return [_report(on_placed, Placed(request, body, request_id, dcr, attempt))]
             if decision.action is Action.FATAL:
                 raise FatalSinkError(decision.message)
             if decision.action is Action.DEAD_LETTER:
-                return [Placed(request, body, request_id, dcr, attempt, decision)]
+                return [_report(on_placed, Placed(request, body, request_id, dcr, attempt, decision))]
             if decision.action is Action.SPLIT:
                 if request.row_count < 2:
-                    return [Placed(request, body, request_id, dcr, attempt, decision)]
+                    return [_report(on_placed, Placed(request, body, request_id, dcr, attempt, decision))]
                 first, second = split_request(request)
-                return self.deliver(first, dcr) + self.deliver(second, dcr)
+                return self.deliver(first, dcr, on_placed) + self.deliver(second, dcr, on_placed)
             wait = decision.delay if decision.delay is not None else self.backoff.delay(attempt)
             if self.stop.wait(wait):
                 raise Abandoned(f"stopped while retrying request {request_id}")
@@ -245,3 +249,9 @@ class Deliverer:
     def _count(self, status: str, started: float) -> None:
         if self.on_attempt is not None:
             self.on_attempt(status, time.perf_counter() - started)
+
+
+def _report(on_placed: OnPlaced | None, placed: Placed) -> Placed:
+    if on_placed is not None:
+        on_placed(placed)
+    return placed

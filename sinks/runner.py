@@ -4,10 +4,12 @@ Per poll: decode each ``SecurityEventBatch``, register its rows with the offset 
 and hand full requests to a bounded thread pool that uploads them (``sinks.retry.Deliverer``). A row is resolved
 when the workspace accepted it (204) or when Kafka acknowledged its dead-letter record. As soon as a partition's
 done prefix grows, its delivery-log record is produced, and once Kafka acknowledges that record the new offset is
-committed (asynchronously). So at any moment the committed offset trails delivery only by requests in flight and
-acknowledgements under way: after a crash, those are all that is sent twice. ``flush`` (each checkpoint) also
-sends open partial requests and waits for Kafka acknowledgements, then commits synchronously; giving up
-partitions (rebalance) or stopping first waits for the requests in flight.
+committed (asynchronously). Each commit also carries, in its metadata, which rows of the messages after the
+committed offset are already done (``sinks.row_progress``), and a request that finishes triggers such a commit
+(rate-limited by ``sink.progress_commit_interval_ms``). So after a crash a restarted sink sends again only the rows
+of requests that were in flight (or finished within that interval): they carry the same ``EventOriginId``.
+``flush`` (each checkpoint) also sends open partial requests and waits for Kafka acknowledgements, then commits
+synchronously; giving up partitions (rebalance) or stopping first waits for the requests in flight.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from secstream.telemetry import batch_span
 from sinks import dead_letter
 from sinks.checkpoint import DeliveredRange, OffsetTracker, delivery_record
 from sinks.heartbeat import HeartbeatWriter
+from sinks.reemission import MAX_METADATA_BYTES, ReemissionGuard
 from sinks.request_builder import Request, RequestBuilder, Segment
 from sinks.retry import Abandoned, Backoff, Deliverer, FatalSinkError, Placed, Target
+from sinks.row_progress import SavedProgress, combine, decode_progress, missing
 from sinks.service import IngestionService
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,12 @@ REQUEST_BYTES = meter.create_histogram("secstream.sink.request_bytes", unit="By"
                                        description="gzip body size of accepted requests")
 EVENTS_IN = meter.create_counter("secstream.sink.events_in", unit="{row}", description="rows consumed from Kafka")
 BATCH_EVENTS = meter.create_histogram("secstream.sink.batch_events", unit="{row}", description="rows per Kafka message")
+ROWS_EARLIER = meter.create_counter("secstream.sink.rows_delivered_earlier", unit="{row}",
+                                    description="rows not sent again after a restart or partition move: the "
+                                                "previous owner had delivered them (commit metadata)")
+REEMISSIONS = meter.create_counter("secstream.sink.reemissions_skipped", unit="{message}",
+                                   description="messages skipped as the stream stage's re-emission of output "
+                                               "already read")
 
 
 def group_id(settings: Settings, destination: DestinationSettings) -> str:
@@ -77,6 +87,8 @@ class SinkStage:
         self._service = service
         self._stopping = threading.Event()
         self._in_flight: set[Future[list[Placed]]] = set()
+        # Parts placed by pool threads, resolved by the main thread (a split request's parts one by one).
+        self._placed: deque[Placed] = deque()
         self._tracker = OffsetTracker()
         dcrs = len(destination.dcr_immutable_ids)
         self._builder = RequestBuilder(
@@ -92,7 +104,20 @@ class SinkStage:
         self.log_fields: dict[str, Any] = {}  # added to every delivery-log record (a replay names its rules)
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
-        self.totals = {"rows_accepted": 0, "rows_dead_lettered": 0, "requests": 0, "messages": 0}
+        self.totals = {"rows_accepted": 0, "rows_dead_lettered": 0, "requests": 0, "messages": 0,
+                       "reemissions_skipped": 0, "rows_delivered_earlier": 0}
+        # Row-level progress in the commit metadata (sinks.row_progress); a replay (no group progress) turns it off.
+        self.row_progress = settings.sink.row_progress
+        self._saved: dict[int, SavedProgress | None] = {}  # per partition since assignment: what the last owner did
+        self._commit_base: dict[int, int] = {}  # per partition: the offset committed (or started from)
+        self._progress_dirty: set[int] = set()  # partitions whose row progress changed since their last commit
+        self._last_progress_commit = 0.0
+        # The live group consumer skips the stream stage's re-emissions (sinks.reemission); None = deliver all.
+        self.reemissions: ReemissionGuard | None = None
+        if settings.sink.reemission_window_seconds > 0:
+            self.reemissions = ReemissionGuard(self.topic, settings.sink.reemission_window_seconds,
+                                               self._tail_consumer, settings.sink.request_timeout_seconds)
+        self._reemissions_logged = 0
         # Per-Computer summaries for `secstream status` (and optional Heartbeat-style rows).
         self.status = StatusRecorder(settings, destination.name, HeartbeatWriter.for_destination(settings, destination))
         self._consumer_stats, self._producer_stats = KafkaClientStats("sink"), KafkaClientStats("sink")
@@ -124,6 +149,10 @@ class SinkStage:
         consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         return consumer
 
+    def _tail_consumer(self) -> Consumer:
+        """A group-less reader for rebuilding re-emission marks (never commits)."""
+        return Consumer(consumer_config(self.settings.kafka, group_id(self.settings, self.destination) + "-marks"))
+
     def run_once(self) -> bool:
         assert self.consumer is not None
         self._harvest(block=False)
@@ -132,7 +161,9 @@ class SinkStage:
             self._progress()
             return True
         if not self._backlog:
-            self._backlog.extend(self.consumer.consume(self.settings.sink.poll_batch, timeout=0.2))
+            # While uploads are under way, wait briefly: their answers are resolved and committed between polls.
+            wait_seconds = 0.02 if self._in_flight else 0.2
+            self._backlog.extend(self.consumer.consume(self.settings.sink.poll_batch, timeout=wait_seconds))
         taken = 0
         # Messages are taken only while there is room, so requests never queue behind the pool: the committed
         # offset trails delivery by at most the requests in flight.
@@ -163,6 +194,14 @@ class SinkStage:
         self._harvest(block=False)
         self._checkpoint()
         self.status.emit(self.producer)
+        self._log_reemissions()
+
+    def _log_reemissions(self) -> None:
+        skipped = self.totals["reemissions_skipped"]
+        if skipped != self._reemissions_logged:
+            log.info("%s: %d messages skipped so far as re-emissions of output already read (the stream stage "
+                     "wrote them again after a restart)", self.destination.name, skipped)
+            self._reemissions_logged = skipped
 
     def close(self) -> None:
         """Wait for the requests in flight (bounded), commit what they finished, release the clients."""
@@ -190,28 +229,87 @@ class SinkStage:
     def _take(self, msg: Message) -> None:
         partition, offset = msg.partition(), msg.offset()
         assert partition is not None and offset is not None
+        saved = self._saved_progress(partition, offset)
+        if self.reemissions is not None and not self.reemissions.admit(self.consumer, msg):  # type: ignore[arg-type]
+            self._skip_reemission(msg, partition, offset)
+            return
         try:
             batch = self._decode(msg)
         except DecodeError as exc:
+            if saved is not None and saved.done(offset, 1):
+                self._register_earlier(partition, offset, 1, saved.done(offset, 1))  # its dead letter was written
+                return
             self._tracker.register(partition, offset, 1)  # done when its dead-letter record is acknowledged
             self._dead_letter(*dead_letter.undecodable(self.destination.name, self.topic, partition, offset,
                                                        msg.value(), str(exc)), [Segment(partition, offset, 1)], rows=0)
             return
         rows = batch["rows"]
-        self._tracker.register(partition, offset, len(rows))
         EVENTS_IN.add(len(rows), self._attrs)
         BATCH_EVENTS.record(len(rows), self._attrs)
-        self.status.took(partition, offset, batch["computer"], rows)
-        packed = self._builder.add(partition, offset, batch["computer"], rows, msg.headers())
+        done = saved.done(offset, len(rows)) if saved is not None else []
+        if not done:
+            self._tracker.register(partition, offset, len(rows))
+            self.status.took(partition, offset, batch["computer"], rows)
+            self._pack(partition, offset, batch["computer"], rows, msg.headers(), 0)
+            return
+        self._register_earlier(partition, offset, len(rows), done)
+        to_send = missing(done, len(rows))
+        self.status.took(partition, offset, batch["computer"], [row for a, b in to_send for row in rows[a:b]])
+        for start, end in to_send:
+            self._pack(partition, offset, batch["computer"], rows[start:end], msg.headers(), start)
+
+    def _pack(self, partition: int, offset: int, computer: str, rows: list[dict[str, Any]], headers: Any,
+              first_row: int) -> None:
+        """Rows (from row index ``first_row`` on) of the message at (partition, offset) into requests."""
+        packed = self._builder.add(partition, offset, computer, rows, headers, first_row)
         if packed.truncated_values:
             TRUNCATED.add(packed.truncated_values, self._attrs)
             log.warning("%s/%d/%d (%s): %d values over %d bytes truncated", self.topic, partition, offset,
-                        batch["computer"], packed.truncated_values, self.settings.sink.max_field_bytes)
+                        computer, packed.truncated_values, self.settings.sink.max_field_bytes)
         for rejected in packed.rejected:
             self._dead_letter(*dead_letter.oversize_row(self.destination.name, self.topic, rejected.segment,
                                                         rejected.row, rejected.reason, self.settings.sink.gzip_level),
                               [rejected.segment])
         self._submit_all(packed.requests)
+
+    def _saved_progress(self, partition: int, offset: int) -> SavedProgress | None:
+        """What the partition's previous owner recorded as done after its committed offset (read once per
+        assignment, at its first message, which is at that offset)."""
+        if not self.row_progress:
+            return None
+        if partition not in self._saved:
+            assert self.consumer is not None
+            self._commit_base[partition] = offset
+            try:
+                committed = self.consumer.committed([TopicPartition(self.topic, partition)], timeout=30)[0]
+                saved = decode_progress(committed.metadata) if committed.offset >= 0 else None
+            except KafkaException as exc:
+                log.warning("%s/%d: committed offset not readable (%s); rows delivered before the last commit of "
+                            "partly delivered messages are sent again", self.topic, partition, exc)
+                saved = None
+            self._saved[partition] = saved
+            if saved is not None:
+                log.info("%s/%d: from offset %d, rows the previous owner delivered are not sent again (done "
+                         "through offset %s, partly done messages %s)", self.topic, partition, offset,
+                         saved.through, sorted(saved.rows) or "none")
+        return self._saved[partition]
+
+    def _register_earlier(self, partition: int, offset: int, rows: int, done: list[tuple[int, int]]) -> None:
+        """A message some of whose rows (``done``) were delivered before the last restart: only the rest is sent."""
+        self._tracker.register(partition, offset, rows, done)
+        earlier = sum(b - a for a, b in done)
+        self.totals["rows_delivered_earlier"] += earlier
+        ROWS_EARLIER.add(earlier, self._attrs)
+        log.debug("%s/%d/%d: %d of %d rows already delivered before the restart", self.topic, partition, offset,
+                  earlier, rows)
+
+    def _skip_reemission(self, msg: Message, partition: int, offset: int) -> None:
+        """Done at once, never decoded or sent: its rows were read from the original."""
+        self._tracker.register(partition, offset, 0)
+        self.totals["reemissions_skipped"] += 1
+        REEMISSIONS.add(1, self._attrs)
+        log.debug("%s: %s/%d/%d skipped: re-emission of %s", self.destination.name, self.topic, partition, offset,
+                  dict(msg.headers() or []).get("secstream.source"))
 
     def _decode(self, msg: Message) -> dict[str, Any]:
         """The message as a SecurityEventBatch (``computer``, ``rows``); a replay of raw events derives it."""
@@ -239,24 +337,27 @@ class SinkStage:
         attributes = {"secstream.destination": self.destination.name, "secstream.dcr": dcr,
                       "secstream.rows": request.row_count}
         with batch_span(tracer, "sink.request", request.trace_headers, attributes) as span:
-            placed = self._deliverer.deliver(request, dcr)
+            placed = self._deliverer.deliver(request, dcr, self._placed.append)
             span.set_attribute("secstream.attempts", sum(p.attempts for p in placed))
             span.set_attribute("secstream.rows_dead_lettered",
                                sum(p.request.row_count for p in placed if p.dead_letter))
             return placed
 
     def _harvest(self, block: bool, timeout: float | None = None) -> None:
-        """Resolve finished requests. A fatal error is raised once; while closing it is only logged."""
-        if not self._in_flight:
-            return
-        if block:
-            done, _ = wait(self._in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
-        else:
-            done = {f for f in self._in_flight if f.done()}
+        """Resolve the parts placed so far (also those of requests still under way) and collect finished requests.
+        A fatal error is raised once; while closing it is only logged."""
+        done: set[Future[list[Placed]]] = set()
+        if self._in_flight:
+            if block:
+                done, _ = wait(self._in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+            else:
+                done = {f for f in self._in_flight if f.done()}
+        while self._placed:  # every part of a finished request is in here by now
+            self._resolve(self._placed.popleft())
         for future in done:
             self._in_flight.discard(future)
             try:
-                placed = future.result()
+                future.result()
             except Abandoned:
                 continue
             except FatalSinkError as exc:
@@ -265,14 +366,13 @@ class SinkStage:
                     continue
                 self._failed = exc
                 raise
-            for p in placed:
-                self._resolve(p)
 
     def _resolve(self, placed: Placed) -> None:
         rows = placed.request.row_count
         self.totals["requests"] += 1
         if placed.dead_letter is None:
             self._tracker.accepted(placed.request.segments)
+            self._progress_dirty.update(s.partition for s in placed.request.segments)
             self.status.resolved(placed.request.segments, accepted=True)
             ROWS_ACCEPTED.add(rows, self._attrs)
             REQUEST_BYTES.record(len(placed.body), self._attrs)
@@ -309,6 +409,7 @@ class SinkStage:
             self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
             return
         self._tracker.dead_lettered(segments)
+        self._progress_dirty.update(s.partition for s in segments)
         self.status.resolved(segments, accepted=False)
         ROWS_DEAD_LETTERED.add(rows, self._attrs)
         self.totals["rows_dead_lettered"] += rows
@@ -328,8 +429,32 @@ class SinkStage:
             self.producer.produce(self.settings.topics.delivery_log, key=key, value=value,
                                   on_delivery=functools.partial(self._logged, delivered))
         self._tracker.mark_committed(ranges.values())
+        if self._progress_due():
+            self._add_progress_commits()
         if self._to_commit:
             self._commit(asynchronous=True)
+
+    def _progress_due(self) -> bool:
+        interval = self.settings.sink.progress_commit_interval_ms / 1000
+        return bool(self._progress_dirty) and time.monotonic() - self._last_progress_commit >= interval
+
+    def _add_progress_commits(self) -> None:
+        """Commit the row progress of partitions whose offset does not move: the same offset, new metadata."""
+        if self.row_progress:
+            for partition in self._progress_dirty:
+                base = self._commit_base.get(partition)
+                if base is not None and partition not in self._to_commit:
+                    self._to_commit[partition] = base
+        self._progress_dirty.clear()
+        self._last_progress_commit = time.monotonic()
+
+    def _metadata(self, partition: int, offset: int) -> str:
+        """Commit metadata for ``offset``: the re-emission marks as of it, and the rows done after it."""
+        marks = self.reemissions.metadata_fields(partition, offset) if self.reemissions is not None else {}
+        if not self.row_progress:
+            return combine(marks)
+        return combine(marks, self._tracker.progress_fields(partition, offset,
+                                                            MAX_METADATA_BYTES - len(combine(marks))))
 
     def _logged(self, delivered: DeliveredRange, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -340,7 +465,11 @@ class SinkStage:
 
     def _commit(self, asynchronous: bool) -> None:
         assert self.consumer is not None
-        offsets = [TopicPartition(self.topic, p, o) for p, o in self._to_commit.items()]
+        # The commit metadata carries the re-emission marks as of each committed offset and the rows done after it
+        # (both restored on assignment).
+        offsets = [TopicPartition(self.topic, p, o, metadata=self._metadata(p, o)) for p, o in self._to_commit.items()]
+        for p, o in self._to_commit.items():
+            self._commit_base[p] = max(o, self._commit_base.get(p, o))
         self._to_commit.clear()
         try:
             if asynchronous:
@@ -368,12 +497,16 @@ class SinkStage:
             if not self._tracker.committable() and not self._delivery_errors:
                 break
         self._progress()  # raises on delivery errors
+        if self._progress_dirty:
+            self._add_progress_commits()
         if self._to_commit:
             self._commit(asynchronous=False)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._last_activity = time.monotonic()  # idle time counts from when there is something to read
         log.info("%s: assigned %s", self.destination.name, sorted(tp.partition for tp in partitions))
+        self._forget_marks(partitions)  # from the committed offset on, marks as of that offset
+        self._forget_progress(partitions)  # and the rows done after it, from its metadata
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Finish and commit what we have before another member takes the partitions (unless already failed)."""
@@ -383,6 +516,8 @@ class SinkStage:
             self._checkpoint()
         self._tracker.forget(tp.partition for tp in partitions)
         self.status.forget(tp.partition for tp in partitions)
+        self._forget_marks(partitions)
+        self._forget_progress(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._forget_backlog(partitions)
@@ -390,6 +525,20 @@ class SinkStage:
         self.status.forget(tp.partition for tp in partitions)
         for tp in partitions:
             self._to_commit.pop(tp.partition, None)
+        self._forget_marks(partitions)
+        self._forget_progress(partitions)
+
+    def _forget_progress(self, partitions: list[TopicPartition]) -> None:
+        """Read again from the commit metadata when a partition is assigned again."""
+        for tp in partitions:
+            self._saved.pop(tp.partition, None)
+            self._commit_base.pop(tp.partition, None)
+            self._progress_dirty.discard(tp.partition)
+
+    def _forget_marks(self, partitions: list[TopicPartition]) -> None:
+        """Marks are rebuilt (commit metadata or read-back) when a partition is assigned again."""
+        if self.reemissions is not None:
+            self.reemissions.forget(tp.partition for tp in partitions)
 
     def _forget_backlog(self, partitions: list[TopicPartition]) -> None:
         """Untaken messages of partitions we give up: their new owner reads them again."""

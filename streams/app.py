@@ -3,7 +3,9 @@
 Per Kafka message (one host's batch) the agent runs ``BatchProcessor.process`` and sends the result with
 ``app.producer.send`` (pre-serialised bytes, explicit partition: Faust's ``Topic.send`` path costs more than the
 work). The output goes to the partition of the same number as the input (modulo the output's partition count),
-so a host's rows stay on one partition, in order.
+so a host's rows stay on one partition, in order. Each output message carries its raw position (headers
+``secstream.source`` and ``secstream.part``, ``secstream.source_position``): the sink uses it to skip output written
+again after a restart (``sinks.reemission``).
 
 Dedup state: one ``Deduper`` per input partition, persisted in the changelog of the Faust table ``dedup`` (keys
 ``<partition>␞<computer>␟<channel>␟<epoch>␟<bucket>``, values the bucket's ranges and times) with one record
@@ -34,6 +36,7 @@ from opentelemetry import metrics, trace
 from secstream.config import Settings
 from secstream.kafka import faust_broker_options
 from secstream.lifecycle import StageState
+from secstream.source_position import source_headers
 from secstream.telemetry import batch_span, inject_trace_headers
 from streams.dedup import Deduper, iter_partition_records
 from streams.filtering import RuleLike, RuleSet
@@ -107,6 +110,7 @@ class StreamStage:
         self.dedupers: dict[int, Deduper] = {}
         self.pending: dict[int, dict[bytes, bytes | None]] = {}
         self.state = StageState("stream")
+        self.assigned_once = False  # the worker has been running, not just starting
         self.instruments = _Instruments()
         self.lag = FaustLagReporter(app, self.source_topic, f"{settings.kafka.client_id}-stream")
 
@@ -141,10 +145,13 @@ class StreamStage:
             outcome = self.processor.process(message.value, message.key, deduper, source)
             tid = self._transactional_id(partition)
             send = self.app.producer.send
-            out_headers = inject_trace_headers() if outcome.values else None
-            for value in outcome.values:
+            trace_headers = inject_trace_headers() if outcome.values else []
+            parts = len(outcome.values)
+            for part, value in enumerate(outcome.values):
+                # The raw position lets the sink recognise this output if it is ever written again.
+                out_headers = trace_headers + source_headers(message.topic, partition, message.offset, part, parts)
                 await send(self.output_topic, message.key, value, partition % self.output_partitions,
-                           None, out_headers or None, transactional_id=tid)  # type: ignore[arg-type]
+                           None, out_headers, transactional_id=tid)  # type: ignore[arg-type]
             for letter in outcome.dead_letters:
                 await send(self.dead_letter_topic, letter.key, letter.value, None, None, letter.headers,
                            transactional_id=tid)
@@ -190,6 +197,7 @@ class StreamStage:
         for partition in set(self.dedupers) - mine:
             del self.dedupers[partition]
         self.state.ready = True
+        self.assigned_once = True
         self.state.detail = f"running ({len(mine)} partitions)"
 
 
@@ -215,7 +223,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> tuple[faust.A
         consumer_auto_offset_reset="earliest",
         producer_max_batch_size=s.producer_max_batch_bytes,
         producer_linger=s.producer_linger_ms / 1000.0,
-        producer_compression_type="lz4",
+        producer_compression_type=None if s.producer_compression == "none" else s.producer_compression,
         producer_acks=-1,
         web_enabled=False,
         autodiscover=False,

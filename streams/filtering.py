@@ -9,8 +9,9 @@ case-insensitively, as Windows names do.
 An event is kept when the rule's event set takes it (its channel is Security or one of the two AppLocker channels,
 and its EventID is in the set; ``All`` takes every event of those channels, ``None`` nothing) or any of the rule's
 queries selects it. Everything is compiled once at start; invalid queries raise :class:`RuleError` naming the rule.
-The per-event work is a dict look-up on the channel and a set membership test on the EventID for event sets and
-EventID-only queries; other queries run their compiled predicate.
+A batch is filtered in one loop: the channel's matcher is looked up when the channel changes from the previous
+event, and for event sets and EventID-only queries the per-event work is then a set membership test on the EventID,
+inline, with no call; other queries run their compiled predicate.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ class _ChannelMatcher:
 
         return keep
 
+    def event_ids_only(self) -> frozenset[int] | None:
+        """The EventID set when that is all this matcher tests (a batch filter then tests it inline)."""
+        if self.take_all or self.predicates or self.guarded:
+            return None
+        return frozenset(self.event_ids)
+
 
 def _matches(predicate: Predicate | None, event: RawEvent) -> bool:
     return predicate is None or predicate(event)
@@ -88,24 +95,30 @@ def _guarded_keep(event: RawEvent, selects: Sequence[Predicate | None],
 class CompiledRule:
     """One machine group's filter. ``keep`` for one event, ``filter`` for a batch."""
 
-    def __init__(self, name: str, matchers: dict[str, Callable[[RawEvent], bool]]) -> None:
+    def __init__(self, name: str, matchers: dict[str, Callable[[RawEvent], bool]],
+                 event_id_sets: dict[str, frozenset[int]] | None = None) -> None:
         self.name = name
         self._by_channel = dict(matchers)  # keys are case-folded channel names
+        self._id_sets = dict(event_id_sets or {})  # channels whose matcher only tests the EventID against a set
         self.keeps_nothing = not matchers
-        # Exact spellings seen in events, so the usual case needs no casefold().
-        self._exact: dict[str, Callable[[RawEvent], bool] | None] = {}
+        # Exact spellings seen in events -> (matcher, EventID set or None), so the usual case needs no casefold().
+        self._exact: dict[str, tuple[Callable[[RawEvent], bool] | None, frozenset[int] | None]] = {}
 
     def __repr__(self) -> str:
         return f"CompiledRule({self.name!r}, channels={sorted(self._by_channel)})"
 
-    def _matcher(self, channel: str) -> Callable[[RawEvent], bool] | None:
+    def _entry(self, channel: str) -> tuple[Callable[[RawEvent], bool] | None, frozenset[int] | None]:
         try:
             return self._exact[channel]
         except KeyError:
-            matcher = self._by_channel.get(channel.casefold())
+            folded = channel.casefold()
+            entry = (self._by_channel.get(folded), self._id_sets.get(folded))
             if len(self._exact) < 1_000:
-                self._exact[channel] = matcher
-            return matcher
+                self._exact[channel] = entry
+            return entry
+
+    def _matcher(self, channel: str) -> Callable[[RawEvent], bool] | None:
+        return self._entry(channel)[0]
 
     def keep(self, raw_event: RawEvent) -> bool:
         matcher = self._matcher(raw_event.get("channel") or "")
@@ -114,12 +127,22 @@ class CompiledRule:
     def filter(self, events: Iterable[RawEvent]) -> list[Any]:
         if self.keeps_nothing:
             return []
-        out = []
-        matcher_for = self._matcher
+        out: list[Any] = []
+        append = out.append
+        entry_for = self._entry
+        channel: str | None = None
+        matcher: Callable[[RawEvent], bool] | None = None
+        ids: frozenset[int] | None = None
         for event in events:
-            matcher = matcher_for(event.get("channel") or "")
-            if matcher is not None and matcher(event):
-                out.append(event)
+            name = event.get("channel") or ""
+            if name != channel:  # batches are mostly runs of one channel
+                channel = name
+                matcher, ids = entry_for(name)
+            if ids is not None:
+                if event["event_id"] in ids:  # event sets and EventID-only queries: a set test, no call
+                    append(event)
+            elif matcher is not None and matcher(event):
+                append(event)
         return out
 
 
@@ -172,7 +195,8 @@ def compile_rule(rule: RuleLike, clock: Callable[[], float] = time.time) -> Comp
             raise RuleError(f"rule {rule.name!r}, query {number} {text[:200]!r}: {exc}") from None
         for query in queries:
             _add_query(matchers, query)
-    return CompiledRule(rule.name, {channel: m.compile() for channel, m in matchers.items()})
+    id_sets = {channel: ids for channel, m in matchers.items() if (ids := m.event_ids_only()) is not None}
+    return CompiledRule(rule.name, {channel: m.compile() for channel, m in matchers.items()}, id_sets)
 
 
 def _is_default(patterns: Sequence[str]) -> bool:

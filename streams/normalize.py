@@ -5,9 +5,12 @@ Pure functions, no I/O. The rules (docs/normalization.md) come from real rows th
 the columns of the same name, a few derived columns (Account, AccountType, SubjectAccount, TargetAccount, Process,
 LogonTypeName), and the ``EventData`` XML kept or emptied per EventID as each agent does.
 
-Everything that depends only on the EventID is worked out once per (flavour, EventID) into a :class:`_Plan`, so the
-per-event work is dictionary look-ups and string joins: no regular expression and no XML parsing on the hot path
-(only events with UserData, AppLocker and 1102, parse their UserData).
+Everything that depends only on the EventID is worked out once per (flavour, EventID) into a :class:`_Plan`, and
+everything that depends only on the list of EventData field names (which position fills which column, the XML
+template, which derived columns can apply) once per distinct list into a :class:`_Layout`. The per-event work is
+then one straight pass: fields copied by position, the XML one %-format, times from per-second caches. No regular
+expression and no XML parsing on the hot path (only events with UserData, AppLocker and 1102, parse their UserData;
+guid columns still run their pattern).
 
 A row is a dict keyed by column name holding only non-empty values: an absent key means "empty" (string -> "",
 int/datetime -> null), as the SecurityEvent Avro schema and the sink expect.
@@ -20,6 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter, not_
 from typing import Any, Literal
 
 from lxml import etree
@@ -108,11 +112,10 @@ _LOGON_TYPE_NAME = {n: f"{n} - {name}" for n, name in LOGON_TYPE_NAMES.items()}
 MACHINE_SIDS = frozenset({"S-1-5-18", "S-1-5-19", "S-1-5-20"})
 MACHINE_ACCOUNT_NAMES = frozenset({"SYSTEM", "LOCAL SERVICE", "NETWORK SERVICE"})
 
-# (RawEvent field, column) copied as they are when present, for both agents and for AMA only.
-SYSTEM_VERBATIM = (("computer", "Computer"), ("provider_name", "EventSourceName"), ("channel", "Channel"),
-                   ("task", "Task"))
-AMA_VERBATIM = (("version", "Version"), ("keywords", "Keywords"), ("activity_id", "Correlation"),
-                ("process_id", "SystemProcessId"), ("thread_id", "SystemThreadId"))
+# (RawEvent field, column) copied as they are for AMA only: text fields when non-empty, int fields when not null
+# (0 is a value). Computer, EventSourceName, Channel and Task are copied the same way for both agents.
+AMA_TEXT = (("keywords", "Keywords"), ("activity_id", "Correlation"))
+AMA_INTS = (("version", "Version"), ("process_id", "SystemProcessId"), ("thread_id", "SystemThreadId"))
 
 EVENT_LEVEL_NAMES = {0: "LogAlways", 1: "Critical", 2: "Error", 3: "Warning", 4: "Informational", 5: "Verbose"}
 
@@ -178,10 +181,15 @@ def _make_plan(flavour: str, event_id: int) -> _Plan:
 _PLANS: dict[str, dict[int, _Plan]] = {flavour: {} for flavour in FLAVOURS}
 
 
-def plan_for(flavour: str, event_id: int) -> _Plan:
+def _plans(flavour: str) -> dict[int, _Plan]:
     plans = _PLANS.get(flavour)
     if plans is None:
         raise ValueError(f"unknown agent flavour {flavour!r}; expected one of {', '.join(FLAVOURS)}")
+    return plans
+
+
+def plan_for(flavour: str, event_id: int) -> _Plan:
+    plans = _plans(flavour)
     plan = plans.get(event_id)
     if plan is None:
         plan = _make_plan(flavour, event_id)
@@ -202,18 +210,23 @@ def event_data_policy(flavour: str, event_id: int) -> str:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TICKS_PER_SECOND = 10_000_000
+SECONDS_PER_DAY = 86_400
+# "HH:MM:" for each minute of the day and "SS" for each second: a time of day is two tuple look-ups, no strftime.
+_HOUR_MINUTE = tuple(f"{m // 60:02d}:{m % 60:02d}:" for m in range(24 * 60))
+_SECOND = tuple(f"{s:02d}" for s in range(60))
 
 
 class _SecondCache:
-    """``YYYY-MM-DDTHH:MM:SS`` per whole second (events of a batch share few seconds), and the last full value
-    (every event of a batch has the same read time). Each memo is one tuple, replaced in one assignment, so
-    threads sharing the cache never see a key with another key's value."""
+    """``YYYY-MM-DDTHH:MM:SS`` per whole second (events of a batch share few seconds), the date per day, and the
+    last full value (every event of a batch has the same read time). Each memo is one tuple, replaced in one
+    assignment, so threads sharing the cache never see a key with another key's value."""
 
-    __slots__ = ("_last", "_second")
+    __slots__ = ("_day", "_last", "_second")
 
     def __init__(self) -> None:
         self._second: tuple[int, str] = (-1 << 62, "")
         self._last: tuple[int, str] = (-1 << 62, "")
+        self._day: tuple[int, str] = (-1 << 62, "")
 
     def iso(self, ticks: int) -> str:
         last = self._last
@@ -224,7 +237,16 @@ class _SecondCache:
         if cached[0] == second:
             prefix = cached[1]
         else:
-            prefix = f"{_EPOCH + timedelta(seconds=second):%Y-%m-%dT%H:%M:%S}"
+            day, second_of_day = divmod(second, SECONDS_PER_DAY)
+            known = self._day
+            if known[0] == day:
+                date = known[1]
+            else:
+                # Raises OverflowError outside datetime's years 1..9999, as the full conversion would.
+                date = f"{_EPOCH + timedelta(days=day):%Y-%m-%dT}"
+                self._day = (day, date)
+            minute, sec = divmod(second_of_day, 60)
+            prefix = f"{date}{_HOUR_MINUTE[minute]}{_SECOND[sec]}"
             self._second = (second, prefix)
         text = f"{prefix}.{fraction:07d}Z"
         self._last = (ticks, text)
@@ -243,21 +265,17 @@ def ticks_to_iso(ticks: int) -> str:
 # ------------------------------------------------------------------------------------------------- values
 
 _GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
-_agent_guid_cache: dict[str, str | None] = {}
+# GUID text -> column value (None: not a GUID). Agent ids and most GUID fields (LogonGuid is often all zeros) repeat.
+_guid_cache: dict[str, str | None] = {}
 
 
 def parse_int(value: str) -> int | None:
     """Decimal or ``0x`` hex, as Windows writes numbers; None for anything else (the caller keeps the text)."""
+    # The prefix picks the base first: logon ids are hex, and a failed int() (an exception) costs more than the rest.
     try:
-        return int(value)
+        return int(value, 16) if value[:2] in ("0x", "0X") else int(value)
     except ValueError:
-        pass
-    if value[:2] in ("0x", "0X"):
-        try:
-            return int(value, 16)
-        except ValueError:
-            return None
-    return None
+        return None
 
 
 def strip_guid(value: str) -> str | None:
@@ -267,12 +285,12 @@ def strip_guid(value: str) -> str | None:
     return value if _GUID.fullmatch(value) else None
 
 
-def _agent_guid(agent_id: str) -> str | None:
-    cached = _agent_guid_cache.get(agent_id, "")
+def _cached_guid(value: str) -> str | None:
+    cached = _guid_cache.get(value, "")
     if cached == "":
-        cached = strip_guid(agent_id)
-        if len(_agent_guid_cache) < 100_000:
-            _agent_guid_cache[agent_id] = cached
+        cached = strip_guid(value)
+        if len(_guid_cache) < 50_000:  # bounded: per-logon GUIDs are unique
+            _guid_cache[value] = cached
     return cached
 
 
@@ -391,51 +409,67 @@ def _join_account(domain: str | None, user: str | None) -> str | None:
     return user or domain or None
 
 
-def _basename(path: str) -> str:
-    return path.rpartition("\\")[2]
+# Which inputs of the derived columns an event can have: (subject names, target names, process path, LogonType).
+DeriveInputs = tuple[bool, bool, bool, bool]
+ALL_DERIVE_INPUTS: DeriveInputs = (True, True, True, True)
+_SUBJECT_FIELDS = frozenset({"SubjectUserName", "SubjectDomainName"})
+_TARGET_FIELDS = frozenset({"TargetUserName", "TargetDomainName"})
+_PROCESS_FIELDS = frozenset({"NewProcessName", "ProcessName", "FilePath"})
+
+
+def derive_inputs(names: Iterable[str | None]) -> DeriveInputs:
+    present = set(names)
+    return (not _SUBJECT_FIELDS.isdisjoint(present), not _TARGET_FIELDS.isdisjoint(present),
+            not _PROCESS_FIELDS.isdisjoint(present), "LogonType" in present)
+
+
+def _derive(row: dict[str, Any], plan: _Plan, inputs: DeriveInputs = ALL_DERIVE_INPUTS) -> None:
+    # ``inputs`` (from the event's layout) skips the look-ups of columns the event cannot have.
+    has_subject, has_target, has_process, has_logon_type = inputs
+    get = row.get
+    subject = subject_user = target = target_user = None
+    if has_subject:
+        subject_user = get("SubjectUserName")
+        subject = _join_account(get("SubjectDomainName"), subject_user)
+        if subject:
+            row["SubjectAccount"] = subject
+    if has_target:
+        target_user = get("TargetUserName")
+        target = _join_account(get("TargetDomainName"), target_user)
+        if target:
+            row["TargetAccount"] = target
+
+    mode = plan.account
+    if mode == "target":
+        if target:
+            row["Account"] = target
+            if plan.account_type:
+                row["AccountType"] = _account_type(target_user, get("TargetUserSid"))
+    elif mode == "auto":
+        if subject_user:
+            row["Account"] = subject
+            if plan.account_type:
+                row["AccountType"] = _account_type(subject_user, get("SubjectUserSid"))
+        elif target_user:
+            row["Account"] = target
+            if plan.account_type:
+                row["AccountType"] = _account_type(target_user, get("TargetUserSid") or get("TargetSid"))
+
+    if has_process:
+        path = get("NewProcessName") or get("ProcessName") or get("FilePath")
+        if path:
+            row["Process"] = path.rpartition("\\")[2]
+
+    if has_logon_type:
+        name = _LOGON_TYPE_NAME.get(get("LogonType"))  # type: ignore[arg-type]
+        if name:
+            row["LogonTypeName"] = name
 
 
 def _account_type(user: str | None, sid: str | None) -> str:
     if (user and user[-1] == "$") or sid in MACHINE_SIDS or user in MACHINE_ACCOUNT_NAMES:
         return "Machine"
     return "User"
-
-
-def _derive(row: dict[str, Any], plan: _Plan) -> None:
-    get = row.get
-    subject_user, subject_domain = get("SubjectUserName"), get("SubjectDomainName")
-    target_user, target_domain = get("TargetUserName"), get("TargetDomainName")
-    subject = _join_account(subject_domain, subject_user)
-    target = _join_account(target_domain, target_user)
-    if subject:
-        row["SubjectAccount"] = subject
-    if target:
-        row["TargetAccount"] = target
-
-    account: str | None = None
-    user: str | None = None
-    sid: str | None = None
-    if plan.account == "target":
-        account, user, sid = target, target_user, get("TargetUserSid")
-    elif plan.account == "auto":
-        if subject_user:
-            account, user, sid = subject, subject_user, get("SubjectUserSid")
-        elif target_user:
-            account, user, sid = target, target_user, get("TargetUserSid") or get("TargetSid")
-    if account:
-        row["Account"] = account
-        if plan.account_type:
-            row["AccountType"] = _account_type(user, sid)
-
-    path = get("NewProcessName") or get("ProcessName") or get("FilePath")
-    if path:
-        row["Process"] = _basename(path)
-
-    logon_type = get("LogonType")
-    if logon_type is not None:
-        name = _LOGON_TYPE_NAME.get(logon_type)
-        if name:
-            row["LogonTypeName"] = name
 
 
 _PLAIN, _INT, _GUID_KIND = 0, 1, 2
@@ -448,7 +482,7 @@ _DATA_COLUMN_KIND: dict[str, int] = {
 
 def _set_typed(row: dict[str, Any], name: str, value: str, kind: int) -> bool:
     """Store an int or guid column; False (nothing stored) when the text is not of that type."""
-    typed = parse_int(value) if kind == _INT else strip_guid(value)
+    typed = parse_int(value) if kind == _INT else _cached_guid(value)
     if typed is None:
         return False
     row[name] = typed
@@ -488,17 +522,94 @@ def _copy_leaves(row: dict[str, Any], leaves: Iterable[tuple[str, str]], allowed
     return typed_ok
 
 
+# ------------------------------------------------------------------------------------------------- field layouts
+# Events of one kind carry the same EventData field names in the same order. What depends only on that list of
+# names (which positions fill which column, and how; the <Data> tags) is worked out once per distinct list, so an
+# event's fields are copied by position with no per-field look-up.
+
+_NAME = itemgetter("name")
+_VALUE = itemgetter("value")
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    plain: tuple[tuple[int, str], ...]  # (position, column) of text columns
+    typed: tuple[tuple[int, str, int], ...]  # (position, column, kind) of int and guid columns
+    heads: tuple[tuple[str, str], ...]  # per field: (opening tag, empty-element form) of its <Data> line
+    by_position: bool  # no column name occurs twice (else the generic copy applies "first non-empty value wins")
+    derive: DeriveInputs
+    # The EventData XML as a %-template per pattern of empty values (True = empty), built when first seen.
+    templates: dict[tuple[bool, ...], str]
+
+    def template(self, empty: tuple[bool, ...]) -> str:
+        template = self.templates.get(empty)
+        if template is None:
+            lines = [head[1].replace('%', '%%') if is_empty else f"{head[0].replace('%', '%%')}%s{_DATA_CLOSE}"
+                     for head, is_empty in zip(self.heads, empty, strict=True)]
+            template = f"{EVENT_DATA_OPEN}{''.join(lines)}{EVENT_DATA_CLOSE}"
+            if len(self.templates) < 64:
+                self.templates[empty] = template
+        return template
+
+
+_LAYOUTS: dict[tuple[str | None, ...], _Layout] = {}
+
+
+def _layout(names: tuple[str | None, ...]) -> _Layout:
+    layout = _LAYOUTS.get(names)
+    if layout is None:
+        kinds = [(position, name, _DATA_COLUMN_KIND.get(name)) for position, name in enumerate(names)]  # type: ignore[arg-type]
+        columns = [(position, name, kind) for position, name, kind in kinds if kind is not None]
+        layout = _Layout(
+            plain=tuple((position, name) for position, name, kind in columns if kind == _PLAIN),  # type: ignore[misc]
+            typed=tuple((position, name, kind) for position, name, kind in columns if kind != _PLAIN),  # type: ignore[misc]
+            heads=tuple(_data_head(name) for name in names),
+            by_position=len({name for _, name, _ in columns}) == len(columns),
+            derive=derive_inputs(names),
+            templates={},
+        )
+        if len(_LAYOUTS) < 10_000:  # untrusted input must not grow the cache without bound
+            _LAYOUTS[names] = layout
+    return layout
+
+
+def _copy_by_position(row: dict[str, Any], values: list[Any], layout: _Layout) -> bool:
+    """``_copy_event_data`` for a layout without repeated column names. False when a value could not be typed."""
+    for position, column in layout.plain:
+        value = values[position]
+        if value:
+            row[column] = value
+    typed_ok = True
+    for position, column, kind in layout.typed:
+        value = values[position]
+        if value and not _set_typed(row, column, value, kind):
+            typed_ok = False
+    return typed_ok
+
+
+def _layout_xml(values: list[Any], layout: _Layout, items: Iterable[Mapping[str, Any]]) -> str:
+    """``event_data_xml(items)`` from the layout's template: one %-format and one test for characters to escape."""
+    present = tuple(filter(None, values))
+    text = "".join(present)
+    if "&" in text or "<" in text or ">" in text:
+        return event_data_xml(items)
+    if len(present) == len(values):
+        return layout.template(_NONE_EMPTY.get(len(values)) or (False,) * len(values)) % present
+    return layout.template(tuple(map(_is_empty, values))) % present
+
+
+_NONE_EMPTY = {n: (False,) * n for n in range(256)}
+_is_empty = not_
+
+
 # ------------------------------------------------------------------------------------------------- entry points
 
 
-def _level(raw_event: Mapping[str, Any], flavour: str) -> str | None:
-    level = raw_event["level"]
-    if flavour == "ama":
-        return None if level is None else _LEVEL_TEXT.get(level) or str(level)
-    keywords = _keywords_int(raw_event["keywords"])
-    if keywords & KEYWORD_AUDIT_SUCCESS:
+def _mma_level(level: int | None, keywords: str | None) -> str:
+    keyword_bits = _keywords_int(keywords)
+    if keyword_bits & KEYWORD_AUDIT_SUCCESS:
         return MMA_LEVEL_AUDIT_SUCCESS
-    if keywords & KEYWORD_AUDIT_FAILURE:
+    if keyword_bits & KEYWORD_AUDIT_FAILURE:
         return MMA_LEVEL_AUDIT_FAILURE
     return MMA_LEVEL_BY_LEVEL.get(level if level is not None else 0, "4")
 
@@ -522,21 +633,39 @@ def normalize_event(
     raw_event: Mapping[str, Any], *, flavour: str = "ama", context: NormalizeContext = DEFAULT_CONTEXT
 ) -> dict[str, Any]:
     """One RawEvent dict -> one SecurityEvent row (only non-empty columns). Raises NormalizeError."""
+    return _normalize(raw_event, _plans(flavour), flavour, context)
+
+
+def _normalize(raw_event: Mapping[str, Any], plans: dict[int, _Plan], flavour: str,
+               context: NormalizeContext) -> dict[str, Any]:
     event_id = raw_event.get("event_id")
     ticks = raw_event.get("time_created")
     if type(event_id) is not int or type(ticks) is not int:
         raise NormalizeError("event has no event_id or time_created" if event_id is None or ticks is None
                              else "event_id and time_created must be integers")
-    plan = plan_for(flavour, event_id)
+    plan = plans.get(event_id) or plan_for(flavour, event_id)
     try:
-        return _row(raw_event, event_id, ticks, plan, flavour, context)
+        return _row(raw_event, event_id, ticks, plan, flavour == "ama", context)
     except KeyError as exc:
         raise NormalizeError(f"event has no {exc.args[0]!r} field") from None
 
 
-def _row(raw_event: Mapping[str, Any], event_id: int, ticks: int, plan: _Plan, flavour: str,
+def _copy_verbatim(row: dict[str, Any], raw_event: Mapping[str, Any], texts: tuple[tuple[str, str], ...],
+                   ints: tuple[tuple[str, str], ...]) -> None:
+    for field, column in texts:
+        value = raw_event[field]
+        if value:
+            row[column] = value
+    for field, column in ints:
+        value = raw_event[field]
+        if value is not None:
+            row[column] = value
+
+
+def _row(raw_event: Mapping[str, Any], event_id: int, ticks: int, plan: _Plan, ama: bool,
          context: NormalizeContext) -> dict[str, Any]:
-    # RawEvent dicts carry every field of the Avro schema, so fields are indexed, not .get()-ed.
+    # One straight pass with the fewest dict operations: this runs for every event. RawEvent dicts carry every
+    # field of the Avro schema, so fields are indexed, not .get()-ed.
     row: dict[str, Any] = {
         "TimeGenerated": _TIME_GENERATED.iso(ticks),
         "SourceSystem": SOURCE_SYSTEM,
@@ -544,59 +673,65 @@ def _row(raw_event: Mapping[str, Any], event_id: int, ticks: int, plan: _Plan, f
         "Activity": plan.activity,
         "EventOriginId": event_origin_id(raw_event),
     }
-    _copy_system(row, raw_event, SYSTEM_VERBATIM)
-    level = _level(raw_event, flavour)
-    if level is not None:
-        row["Level"] = level
+    # The System fields of both flavours, unrolled (this runs for every event); AMA's go through _copy_verbatim.
+    value = raw_event["computer"]
+    if value:
+        row["Computer"] = value
+    value = raw_event["provider_name"]
+    if value:
+        row["EventSourceName"] = value
+    value = raw_event["channel"]
+    if value:
+        row["Channel"] = value
+    value = raw_event["task"]
+    if value is not None:
+        row["Task"] = value
+    level = raw_event["level"]
+    if not ama:
+        row["Level"] = _mma_level(level, raw_event["keywords"])
+    elif level is not None:
+        row["Level"] = _LEVEL_TEXT.get(level) or str(level)
 
     items = raw_event["event_data"] or ()
     user_data = raw_event["user_data_xml"]
     # UserData (AppLocker, 1102) is the only part that needs an XML parse; events with it are rare.
     user_xml, leaves = user_data_xml(user_data) if user_data and not items else (None, [])
+    values: list[Any] = []
+    layout = None
+    if items:
+        values = list(map(_VALUE, items))
+        layout = _layout(tuple(map(_NAME, items)))
     keep = plan.keep_event_data
     if plan.parse:
-        typed_ok = _copy_event_data(row, items)
+        typed_ok = True
+        if layout is not None:
+            typed_ok = (_copy_by_position(row, values, layout) if layout.by_position
+                        else _copy_event_data(row, items))
         if leaves:
             typed_ok = _copy_leaves(row, leaves, plan.userdata_columns or DATA_COLUMNS) and typed_ok
-        _derive(row, plan)
+        _derive(row, plan, layout.derive if layout is not None and not leaves else ALL_DERIVE_INPUTS)
         # A value a typed column cannot hold is not dropped: EventData keeps it even where it is normally emptied.
         keep = keep or not typed_ok
     if keep:
-        if items:
-            row["EventData"] = event_data_xml(items)
+        if layout is not None:
+            row["EventData"] = _layout_xml(values, layout, items)
         elif user_xml:
             row["EventData"] = user_xml
 
-    if flavour == "ama":
-        _ama_columns(row, raw_event)
-    _pipeline_columns(row, raw_event, context)
-    return row
+    if ama:
+        _copy_verbatim(row, raw_event, AMA_TEXT, AMA_INTS)
+        if level is not None:
+            level_name = EVENT_LEVEL_NAMES.get(level)
+            if level_name:
+                row["EventLevelName"] = level_name
+        value = raw_event["opcode"]
+        if value is not None:
+            row["Opcode"] = _LEVEL_TEXT.get(value) or str(value)
+        value = raw_event["event_record_id"]
+        if value is not None:
+            row["EventRecordId"] = str(value)
+        row["SystemUserId"] = raw_event["user_id"] or "N/A"
 
-
-def _copy_system(row: dict[str, Any], raw_event: Mapping[str, Any], fields: tuple[tuple[str, str], ...]) -> None:
-    for field, column in fields:
-        value = raw_event[field]
-        if value is not None and value != "":
-            row[column] = value
-
-
-def _ama_columns(row: dict[str, Any], raw_event: Mapping[str, Any]) -> None:
-    _copy_system(row, raw_event, AMA_VERBATIM)
-    level = raw_event["level"]
-    if level is not None:
-        level_name = EVENT_LEVEL_NAMES.get(level)
-        if level_name:
-            row["EventLevelName"] = level_name
-    opcode = raw_event["opcode"]
-    if opcode is not None:
-        row["Opcode"] = str(opcode)
-    record_id = raw_event["event_record_id"]
-    if record_id is not None:
-        row["EventRecordId"] = str(record_id)
-    row["SystemUserId"] = raw_event["user_id"] or "N/A"
-
-
-def _pipeline_columns(row: dict[str, Any], raw_event: Mapping[str, Any], context: NormalizeContext) -> None:
     if context.mg:
         row["MG"] = context.mg
     if context.management_group_name:
@@ -608,9 +743,10 @@ def _pipeline_columns(row: dict[str, Any], raw_event: Mapping[str, Any], context
             row["TimeCollected"] = _TIME_COLLECTED.iso(read_time_us * 10)
         agent_id = provenance.get("agent_id")
         if agent_id:
-            guid = _agent_guid(agent_id)
+            guid = _cached_guid(agent_id)
             if guid:
                 row["SourceComputerId"] = guid
+    return row
 
 
 def normalize_batch(
@@ -623,12 +759,13 @@ def normalize_batch(
 
     An unknown ``flavour`` is a programming/configuration error and raises ValueError for the whole batch.
     """
-    plan_for(flavour, 0)  # validates the flavour once
+    plans = _plans(flavour)
     rows: list[dict[str, Any]] = []
     rejected: list[tuple[Mapping[str, Any], str]] = []
+    append = rows.append
     for raw_event in raw_events:
         try:
-            rows.append(normalize_event(raw_event, flavour=flavour, context=context))
+            append(_normalize(raw_event, plans, flavour, context))
         except NormalizeError as exc:
             rejected.append((raw_event, str(exc)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

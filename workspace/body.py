@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-import zlib
-from typing import Any
+from typing import Any, cast
 
 import orjson
+from isal import isal_zlib
 
 from workspace.errors import ApiError, content_too_large
 
 MAX_BODY_BYTES = 1_048_576  # on the wire, compressed or not (413 ContentLengthLimitExceeded)
 # A gzip bomb guard, far above what any SDK sends (its chunks are ~1 MiB of JSON before compression).
 MAX_DECOMPRESSED_BYTES = 64 * 1_048_576
+GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_ERROR = cast(type[Exception], isal_zlib.error)  # its stubs declare an instance, not the class
 
 
 def gunzip(body: bytes, max_size: int = MAX_DECOMPRESSED_BYTES) -> bytes:
-    """Decompress one or more concatenated gzip members; a broken stream is a 400, never a crash."""
+    """Decompress one or more concatenated gzip members; a broken stream is a 400, never a crash.
+
+    ISA-L (``isal``) inflates standard gzip about twice as fast as zlib, with the same API and results."""
     out = []
     total = 0
     data = body
     try:
         while data:
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            if not data.startswith(GZIP_MAGIC):
+                raise ApiError(400, "InvalidPayload", "The request body is not valid gzip: a member does not start "
+                                                      "with the gzip magic bytes 1f 8b.")
+            d = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
             chunk = d.decompress(data, max_size - total + 1)
             total += len(chunk)
             if total > max_size:
@@ -30,7 +37,7 @@ def gunzip(body: bytes, max_size: int = MAX_DECOMPRESSED_BYTES) -> bytes:
                 raise ApiError(400, "InvalidPayload", "The request body is not valid gzip: the stream is truncated.")
             out.append(chunk)
             data = d.unused_data
-    except zlib.error as exc:
+    except _GZIP_ERROR as exc:
         raise ApiError(400, "InvalidPayload", f"The request body is not valid gzip: {exc}.") from None
     return b"".join(out)
 

@@ -38,6 +38,11 @@ _DATETIME = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,7}
 # The form the sink sends (and the store keeps): checked for a whole column at once, in C.
 _CANONICAL = (r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{7}Z")
 _CANONICAL_COLUMN = re.compile(f"(?:{_CANONICAL}\n)*{_CANONICAL}")
+# Also accepted for a whole column at once: 0-6 fractional digits (e.g. agents' millisecond times), padded in C.
+_SHORT = (r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,7})?Z")
+_SHORT_COLUMN = re.compile(f"(?:{_SHORT}\n)*{_SHORT}")
+_CANONICAL_LENGTH = 28  # 2023-04-10T07:47:01.9710164Z
+_SECONDS_LENGTH = 20  # 2023-04-10T07:47:01Z
 _GUID_COLUMN = re.compile(r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\n)*"
                           r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
@@ -77,6 +82,29 @@ def canonical_datetimes(values: Sequence[str]) -> bool:
     except ValueError:
         return False
     return True
+
+
+def datetime_column(values: Sequence[str]) -> Sequence[str] | None:
+    """A column of datetime strings in canonical form, converted for the whole column at once: the values as they
+    are when already canonical; padded to 7 fractional digits when all have the same shorter form (e.g. agents'
+    millisecond times); None when the values need ``parse_datetime`` one by one."""
+    if canonical_datetimes(values):
+        return values
+    lengths = set(map(len, values))
+    if len(lengths) != 1:
+        return None
+    text = "\n".join(values)
+    if not _SHORT_COLUMN.fullmatch(text):
+        return None
+    try:
+        for day in {v[:10] for v in values}:
+            date.fromisoformat(day)
+    except ValueError:
+        return None
+    # The form is fixed-width but for the fraction, so equal lengths mean equal fraction digits: pad them all.
+    (length,) = lengths
+    pad = ".0000000" if length == _SECONDS_LENGTH else "0" * (_CANONICAL_LENGTH - length)
+    return (text + "\n").replace("Z\n", pad + "Z\n")[:-1].split("\n")
 
 
 def canonical_guids(values: Sequence[str]) -> bool:
@@ -180,6 +208,7 @@ class _ColumnPlan:
     fast_type: type | None = None
     bounds: tuple[int, int] | None = None
     fast_column: Callable[[Sequence[Any]], bool] | None = None  # a whole-column check for str values
+    column_convert: Callable[[Sequence[str]], Sequence[str] | None] | None = None  # a whole-column conversion
 
 
 def _plan(stream_type: str, table_type: str) -> _ColumnPlan:
@@ -193,7 +222,7 @@ def _plan(stream_type: str, table_type: str) -> _ColumnPlan:
     if (stream_type, table_type) == ("string", "guid"):
         return _ColumnPlan(_to_guid, stream_type, empty, fast_column=canonical_guids)
     if stream_type == table_type == "datetime":
-        return _ColumnPlan(_to_datetime, stream_type, empty, fast_column=canonical_datetimes)
+        return _ColumnPlan(_to_datetime, stream_type, empty, column_convert=datetime_column)
     return _ColumnPlan(_converter(stream_type, table_type), stream_type, empty)
 
 
@@ -315,6 +344,10 @@ class FlowShaper:
             fast = plan.bounds[0] <= min(values) and max(values) <= plan.bounds[1]
         elif plan.fast_column is not None and types == {str}:
             fast = plan.fast_column(values)
+        elif plan.column_convert is not None and types == {str}:
+            converted = plan.column_convert(values)
+            if converted is not None:
+                values, fast = converted, True
         if not fast:
             convert, empty, checked = plan.convert, plan.empty, []
             dropped = 0

@@ -11,13 +11,36 @@ and external-entity documents never get expanded).
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from lxml import etree
 
 from producers.timeutil import TimeFormatError, iso_to_ticks
+
+NativeParse = Callable[[str, dict[str, Any], int | None], dict[str, Any] | None]
+NativeFromRecord = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any] | None]
+
+
+def _load_native() -> Any:
+    """The evtx parser's rendering in C (producers/_evtxrender.c, built by ``pip install`` when a compiler is
+    present), or None. ``parse`` gives the same result as _parse_evtx_rendering below and ``from_record`` the same
+    as sources._read_evtx does per record, several times faster; both return None for a record they decline.
+    SECSTREAM_NATIVE_EVTX=0 turns them off."""
+    if os.environ.get("SECSTREAM_NATIVE_EVTX", "1") == "0":
+        return None
+    try:
+        return importlib.import_module("producers._evtxrender")
+    except ImportError:  # built optionally
+        return None
+
+
+_native = _load_native()
+_native_parse = cast(NativeParse | None, _native and _native.parse)
+native_from_record = cast(NativeFromRecord | None, _native and _native.from_record)
 
 EVENT_NS = "http://schemas.microsoft.com/win/2004/08/events/event"
 
@@ -346,7 +369,20 @@ def _feed(
 # references) goes through lxml. tests/producers/test_event_xml.py checks both paths agree on every corpus record.
 _ATTR = re.compile(r"([\w:]+)=\"([^\"]*)\"")
 _DATA_ITEM = re.compile(r"<Data( Name=\"([^\"]*)\")?>([^<]*)</Data>")  # group 1 tells unnamed from Name=""
-_EVENT_TAIL = re.compile(r"\s*(?:<EventData>(.*)</EventData>|<EventData/>)?\s*</Event>\s*", re.S)
+# After </System>: EventData (its own Name attribute, as in classic Application events, is not carried), UserData,
+# or nothing. Group 1: the EventData body; group 2: the whole UserData element.
+_EVENT_TAIL = re.compile(
+    r"\s*(?:<EventData(?: Name=\"[^\"<>&]*\")?>(.*)</EventData>|<EventData/>|(<UserData>.*</UserData>))?\s*</Event>\s*",
+    re.S,
+)
+# <Binary> (hex of the event's binary data) closes a classic event's EventData; RawEvent does not carry it.
+_BINARY_LAST = re.compile(r"<Binary(?:/>|>[^<]*</Binary>)\s*\Z")
+_EVENT_OPEN = f'<Event xmlns="{EVENT_NS}">'
+# A start tag directly followed by its end tag: lxml writes such an element back as <a/>.
+_EMPTY_ELEMENT = re.compile(r"<[^/>][^>]*(?<!/)></")
+# A tag of the plain shape lxml writes back unchanged: name, double-quoted attributes without characters it would
+# escape or normalise, no space before ">" or "/>".
+_PLAIN_TAG = re.compile(r'<(/?)([\w.:-]+)((?: [\w.:-]+="[^"<>&\t\n\r]*")*)(/?)>')
 _ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"', "&apos;": "'"}
 _ENTITY = re.compile(r"&(?:lt|gt|amp|quot|apos);")
 _INT_FIELDS = {"Version": "version", "Level": "level", "Task": "task", "Opcode": "opcode",
@@ -375,15 +411,35 @@ _EVTX_SYSTEM = re.compile(
 )
 
 
-def _digits(text: str | None) -> int | None:
-    return int(text) if text else None
+# The same, with the exact whitespace of the evtx parser's rendering and its prologue: several times cheaper to
+# match than the general pattern above (no open-ended whitespace runs to try), so it goes first.
+_EVTX_PROLOGUE = f'<?xml version="1.0" encoding="utf-8"?>\n{_EVENT_OPEN}\n  <System>'
+_EVTX_SYSTEM_EXACT = re.compile(
+    r'\n    <Provider(?: Name="([^"<]*)")?(?: Guid="([^"<]*)")?(?: EventSourceName="([^"<]*)")?>\n    </Provider>'
+    r'\n    <EventID(?: Qualifiers="(\d*)")?>(\d+)</EventID>'
+    r"(?:\n    <Version>(\d*)</Version>)?"
+    r"(?:\n    <Level>(\d*)</Level>)?"
+    r"(?:\n    <Task>(\d*)</Task>)?"
+    r"(?:\n    <Opcode>(\d*)</Opcode>)?"
+    r"(?:\n    <Keywords>([^<]*)</Keywords>)?"
+    r'\n    <TimeCreated(?: SystemTime="([^"<]*)")?>\n    </TimeCreated>'
+    r"(?:\n    <EventRecordID>(\d*)</EventRecordID>)?"
+    r'(?:\n    <Correlation(?: ActivityID="([^"<]*)")?(?: RelatedActivityID="([^"<]*)")?>\n    </Correlation>)?'
+    r'(?:\n    <Execution(?: ProcessID="(\d*)")?(?: ThreadID="(\d*)")?>\n    </Execution>)?'
+    r"\n    <Channel>([^<]*)</Channel>"
+    r"\n    <Computer>([^<]*)</Computer>"
+    r'(?:\n    <Security(?: UserID="([^"<]*)")?>\n    </Security>)?'
+    r"\n  </System>\n"
+)
+_DATA_OPEN = '  <EventData>\n    <Data Name="'
+_DATA_CLOSE = "</Data>\n  </EventData>\n</Event>\n"
+_DATA_SEPARATOR = '</Data>\n    <Data Name="'
+_EVENT_DATA_CLOSE = "</EventData>\n</Event>\n"
 
 
 def _evtx_system(match: re.Match[str], provenance: dict[str, Any], record_time: int | None) -> dict[str, Any]:
-    g = match.group
-    if "&" in match.group(0):
-        raise _NotCanonical  # escaped text: the general loop unescapes it
-    keywords, channel, computer, system_time = g("kw"), g("ch"), g("comp"), g("tc")
+    (pn, pg, es, q, event_id, ver, lvl, task, op, keywords, system_time, rid, act, ract, pid, tid, channel, computer,
+     uid) = match.groups()
     if system_time is not None:
         try:
             time_created: int | None = iso_to_ticks(system_time)
@@ -394,15 +450,15 @@ def _evtx_system(match: re.Match[str], provenance: dict[str, Any], record_time: 
     else:
         raise _NotCanonical
     return {
-        "provider_name": g("pn") or "", "provider_guid": g("pg"), "event_source_name": g("es"),
-        "event_id": int(g("id")), "qualifiers": _digits(g("q")), "version": _digits(g("ver")),
-        "level": _digits(g("lvl")), "task": _digits(g("task")), "opcode": _digits(g("op")),
-        "keywords": None if keywords is None or keywords.isspace() or not keywords else keywords,
-        "time_created": time_created, "event_record_id": _digits(g("rid")),
-        "activity_id": g("act"), "related_activity_id": g("ract"),
-        "process_id": _digits(g("pid")), "thread_id": _digits(g("tid")),
+        "provider_name": pn or "", "provider_guid": pg, "event_source_name": es,
+        "event_id": int(event_id), "qualifiers": int(q) if q else None, "version": int(ver) if ver else None,
+        "level": int(lvl) if lvl else None, "task": int(task) if task else None, "opcode": int(op) if op else None,
+        "keywords": keywords if keywords and not keywords.isspace() else None,
+        "time_created": time_created, "event_record_id": int(rid) if rid else None,
+        "activity_id": act, "related_activity_id": ract,
+        "process_id": int(pid) if pid else None, "thread_id": int(tid) if tid else None,
         "channel": "" if channel.isspace() else channel, "computer": "" if computer.isspace() else computer,
-        "user_id": g("uid"), "event_data": [], "user_data_xml": None, "rendered_message": None,
+        "user_id": uid, "event_data": [], "user_data_xml": None, "rendered_message": None,
         "provenance": dict(provenance),
     }
 
@@ -419,10 +475,42 @@ def parse_event_xml_fast(
     xml: str, provenance: dict[str, Any], record_time: int | None = None
 ) -> dict[str, Any]:
     """Same result as :func:`parse_event_xml`, quicker for the usual rendering; falls back to lxml otherwise."""
+    if _native_parse is not None:
+        event = _native_parse(xml, provenance, record_time)
+        if event is not None:
+            return event
+    try:
+        return _parse_evtx_rendering(xml, provenance, record_time)
+    except _NotCanonical:
+        pass
     try:
         return _parse_canonical(xml, provenance, record_time)
     except _NotCanonical:
         return parse_event_xml(xml, provenance, record_time)
+
+
+def _parse_evtx_rendering(xml: str, provenance: dict[str, Any], record_time: int | None) -> dict[str, Any]:
+    """The evtx parser's own rendering, character for character: prologue, System, then named <Data> only (or
+    UserData, or nothing), no entity or character reference anywhere."""
+    if "&" in xml or not xml.startswith(_EVTX_PROLOGUE):
+        raise _NotCanonical
+    system = _EVTX_SYSTEM_EXACT.match(xml, len(_EVTX_PROLOGUE))
+    if system is None:
+        raise _NotCanonical
+    out = _evtx_system(system, provenance, record_time)
+    end = system.end()
+    if xml.startswith(_DATA_OPEN, end) and xml.endswith(_DATA_CLOSE):
+        out["event_data"] = _named_data_items(xml, end)
+    elif xml.startswith("  <EventData>", end) and xml.endswith(_EVENT_DATA_CLOSE):
+        out["event_data"] = _data_items(xml[end + 13:-len(_EVENT_DATA_CLOSE)])
+    elif xml.startswith("  <UserData>", end) and xml.endswith("</UserData>\n</Event>\n"):
+        user_data = xml[end + 2:-len("\n</Event>\n")]
+        if "<!" in user_data:
+            raise _NotCanonical
+        out["user_data_xml"] = _user_data_as_lxml_writes_it(xml, end, user_data)
+    elif len(xml) != end + 9 or not xml.endswith("</Event>\n"):
+        raise _NotCanonical
+    return out
 
 
 def _parse_canonical(xml: str, provenance: dict[str, Any], record_time: int | None) -> dict[str, Any]:
@@ -435,7 +523,7 @@ def _parse_canonical(xml: str, provenance: dict[str, Any], record_time: int | No
     tail = _EVENT_TAIL.fullmatch(xml, end + 9)
     if tail is None:
         raise _NotCanonical
-    system = _EVTX_SYSTEM.fullmatch(xml, start + 8, end)
+    system = _EVTX_SYSTEM.fullmatch(xml, start + 8, end) if xml.find("&", start, end) == -1 else None
     if system is not None:
         try:
             out = _evtx_system(system, provenance, record_time)
@@ -443,17 +531,66 @@ def _parse_canonical(xml: str, provenance: dict[str, Any], record_time: int | No
             out = _system_by_elements(xml, start, end, provenance, record_time)
     else:
         out = _system_by_elements(xml, start, end, provenance, record_time)
-    body = tail.group(1)
+    body, user_data = tail.groups()
     if body:
-        items = _DATA_ITEM.findall(body)
-        if body.count("<") != 2 * len(items):
-            raise _NotCanonical  # something besides flat <Data> elements (Binary, ComplexData, nesting)
-        if "&" in body:
-            out["event_data"] = [{"name": _unescape(n) if named else None, "value": _unescape(v)}
-                                 for named, n, v in items]
-        else:
-            out["event_data"] = [{"name": n if named else None, "value": v} for named, n, v in items]
+        out["event_data"] = _data_items(body)
+    elif user_data is not None:
+        out["user_data_xml"] = _user_data_as_lxml_writes_it(xml, start, user_data)
     return out
+
+
+def _data_items(body: str) -> list[dict[str, str | None]]:
+    """The body of <EventData>: flat <Data> elements, named or not, optionally followed by <Binary>."""
+    if "<Binary" in body:
+        binary = _BINARY_LAST.search(body)
+        if binary is None:
+            raise _NotCanonical
+        body = body[:binary.start()]
+    items = _DATA_ITEM.findall(body)
+    if body.count("<") != 2 * len(items):
+        raise _NotCanonical  # something besides flat <Data> elements (ComplexData, nesting)
+    if "&" in body:
+        return [{"name": _unescape(n) if named else None, "value": _unescape(v)} for named, n, v in items]
+    return [{"name": n if named else None, "value": v} for named, n, v in items]
+
+
+def _named_data_items(xml: str, end: int) -> list[dict[str, str | None]]:
+    """'<Data Name="A">a</Data>\n    <Data Name="B">b</Data>' cut at the separators; the count of "<" proves there
+    is nothing else (no unnamed Data, Binary, nesting, comment or CDATA); otherwise the general scan."""
+    parts = xml[end + len(_DATA_OPEN):-len(_DATA_CLOSE)].split(_DATA_SEPARATOR)
+    if xml.count("<", end) != 2 * len(parts) + 3:
+        return _data_items(xml[end + 13:-len(_EVENT_DATA_CLOSE)])
+    items = [part.partition('">') for part in parts]
+    for name, sep, _ in items:
+        if not sep or '"' in name:
+            raise _NotCanonical  # another attribute besides Name
+    return [{"name": name, "value": value} for name, _, value in items]
+
+
+def _user_data_as_lxml_writes_it(xml: str, system_start: int, user_data: str) -> str:
+    """The UserData element as ``etree.tostring`` serialises it, when the text is already in that form.
+
+    lxml writes the element back as it was read, plus the default namespace it inherits from ``<Event>``, as long as
+    nothing in it needs re-escaping or normalising: no entity or ``>`` in text, no CR, double-quoted attributes
+    without tab/newline, no empty ``<a></a>`` (written back as ``<a/>``). Anything else goes through lxml."""
+    if ("&" in user_data or "\r" in user_data or "<?" in user_data
+            or xml.count("xmlns", 0, system_start) != 1 or xml.find(_EVENT_OPEN, 0, system_start) == -1):
+        raise _NotCanonical
+    tags = _PLAIN_TAG.findall(user_data)
+    if user_data.count("<") != len(tags) or user_data.count(">") != len(tags):
+        raise _NotCanonical
+    if "></" in user_data and _EMPTY_ELEMENT.search(user_data):
+        raise _NotCanonical
+    open_tags: list[str] = []
+    for closing, name, attrs, empty in tags:
+        if closing:
+            if not open_tags or open_tags.pop() != name or attrs or empty:
+                raise _NotCanonical
+        elif not empty:
+            open_tags.append(name)
+    if open_tags:
+        raise _NotCanonical
+    return f'<UserData xmlns="{EVENT_NS}">' + user_data[10:]
 
 
 def _system_by_elements(xml: str, start: int, end: int, provenance: dict[str, Any],

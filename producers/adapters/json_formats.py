@@ -7,13 +7,14 @@ really EventData text (e.g. NXLog ``"LogonType": "2"``) stay text.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 
-from producers.adapters.event_xml import EventXmlError, blank_raw_event, parse_event_xml
+from producers.adapters.event_xml import EVENT_NS, EventXmlError, blank_raw_event, parse_event_xml
 from producers.timeutil import TICKS_PER_SECOND, TimeFormatError, iso_to_ticks
 
 Mapper = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -163,10 +164,48 @@ def _winlogbeat_fields(
         ev["event_data"] = _data_items(event_data)
     user_data = w.get("user_data")
     if isinstance(user_data, dict):
-        # The XML is gone; keep what is left as JSON text rather than lose it.
-        ev["user_data_xml"] = orjson.dumps(user_data).decode()
+        ev["user_data_xml"] = winlogbeat_user_data_xml(user_data, ev["provider_name"])
     ev["rendered_message"] = record.get("message")
     return ev
+
+
+# Winlogbeat keeps UserData as {child element: text, ..., "xml_name": root element}; the root's namespace is dropped.
+# The providers' manifests fix it per provider (as every recorded EVTX rendering of their events shows).
+_USER_DATA_NAMESPACES = {
+    "microsoft-windows-eventlog": "http://manifests.microsoft.com/win/2004/08/windows/eventlog",
+    "microsoft-windows-applocker": "http://schemas.microsoft.com/schemas/event/Microsoft.Windows/1.0.0.0",
+    "microsoft-windows-printservice":
+        "http://manifests.microsoft.com/win/2005/08/windows/printing/spooler/core/events",
+    "microsoft-windows-restartmanager": "http://www.microsoft.com/2005/08/Windows/Reliability/RestartManager/",
+}
+_XML_NAME = re.compile(r"[A-Za-z_][\w.-]*\Z")
+
+
+def _xml_text(text: str, quote: bool = False) -> str:
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace('"', "&quot;") if quote else text
+
+
+def winlogbeat_user_data_xml(user_data: dict[str, Any], provider: str) -> str:
+    """Winlogbeat's ``user_data`` map back as the ``<UserData>`` element it was read from.
+
+    Each key becomes a child element of the root named by ``xml_name`` (in the map's order: Winlogbeat does not
+    keep the XML order); the root's namespace comes from the provider when known. A key that is not an XML name
+    becomes ``<Data Name="key">``, and a structured value its compact JSON."""
+    root = user_data.get("xml_name")
+    root = root if isinstance(root, str) and _XML_NAME.match(root) else "EventXML"
+    namespace = _USER_DATA_NAMESPACES.get(provider.lower())
+    parts = [f'<UserData xmlns="{EVENT_NS}"><{root}', f' xmlns="{namespace}">' if namespace else ">"]
+    for key, value in user_data.items():
+        if key == "xml_name":
+            continue
+        text = _xml_text(_text(value) or "")
+        if _XML_NAME.match(key):
+            parts.append(f"<{key}>{text}</{key}>" if text else f"<{key}/>")
+        else:
+            parts.append(f'<Data Name="{_xml_text(key, quote=True)}">{text}</Data>')
+    parts.append(f"</{root}></UserData>")
+    return "".join(parts)
 
 
 # ---------------------------------------------------------------- NXLog im_msvistalog

@@ -29,6 +29,7 @@ from typing import IO, Any, cast
 import evtx
 import orjson
 
+from producers.adapters import event_xml
 from producers.adapters.event_xml import EventXmlError, iter_event_xml, parse_event_xml_fast
 from producers.adapters.json_formats import RecordFormatError, map_json_record
 from producers.timeutil import TimeFormatError, iso_to_ticks, now_us
@@ -251,6 +252,7 @@ def _read_evtx(target: Any, provenance: dict[str, Any], resume: int | None,
     except (RuntimeError, OSError) as exc:
         issue(f"cannot open EVTX: {exc}", None)
         return
+    from_record = event_xml.native_from_record
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         seen = 0
@@ -265,16 +267,22 @@ def _read_evtx(target: Any, provenance: dict[str, Any], resume: int | None,
                 issue(f"EVTX parse stopped: {exc}", None)
                 break
             finally:
-                # A damage found before the resume point was already reported by the run that read past it.
-                if resume is None or ordinal > resume:
-                    for w in caught[seen:]:
-                        issue(str(w.message), None)
-                seen = len(caught)
+                if len(caught) != seen:
+                    # A damage found before the resume point was already reported by the run that read past it.
+                    if resume is None or ordinal > resume:
+                        for w in caught[seen:]:
+                            issue(str(w.message), None)
+                    seen = len(caught)
             if record is None:
                 continue
             ordinal += 1
             if resume is not None and ordinal <= resume:
                 continue
+            if from_record is not None:
+                native_event = from_record(record, provenance)
+                if native_event is not None:
+                    yield native_event, ordinal
+                    continue
             record_id = record["event_record_id"]
             header_time = _evtx_ticks(record["timestamp"])
             try:

@@ -253,6 +253,10 @@ class ReplayDelivery(SinkStage):
         assert plan.destination is not None
         super().__init__(settings, plan.destination, service=service)
         self.topic = plan.topic
+        # A bounded range is sent as it is read (what a dry run counts); the live sink's skip of stream
+        # re-emissions relies on its group's commits, which a replay does not make.
+        self.reemissions = None
+        self.row_progress = False  # likewise the row progress in the commit metadata
         self.plan = plan
         self.processor = processor
         self.state.name = f"replay-{plan.name}"

@@ -93,3 +93,42 @@ def test_without_the_status_topic_the_recorder_stands_aside(settings: Settings) 
     producer = Producer(producer_config(settings.kafka))
     assert recorder.emit(producer, force=True) == 0
     assert producer.flush(5) == 0  # nothing waits for a topic that does not exist
+
+
+class _CapturingProducer:
+    """Stands in for confluent_kafka.Producer: keeps what would be written."""
+
+    def __init__(self, topic: str) -> None:
+        self.values: list[bytes] = []
+        self._topics = {topic: None}
+
+    def list_topics(self, timeout: float) -> object:
+        return type("Metadata", (), {"topics": self._topics})()
+
+    def produce(self, topic: str, key: bytes, value: bytes, on_delivery: object) -> None:
+        self.values.append(value)
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("batch", [
+    # one host: counted without a loop per row; the newest time wins whatever the row order; empty times ignored
+    [{"Computer": "DC-01", "TimeGenerated": "2024-01-01T00:00:02.0000000Z"},
+     {"Computer": "DC-01", "TimeGenerated": "2024-01-01T00:00:09.0000000Z"},
+     {"Computer": "DC-01"}, {"Computer": "DC-01", "TimeGenerated": "2024-01-01T00:00:05.0000000Z"}],
+    # rows without a Computer belong to the message's host (the per-row path)
+    [{"TimeGenerated": "2024-01-01T00:00:09.0000000Z"}, {"Computer": "DC-01"},
+     {"Computer": "DC-01", "TimeGenerated": "2024-01-01T00:00:01.0000000Z"}, {"Computer": "DC-01"}],
+])
+def test_a_hosts_rows_and_newest_time_are_counted_either_way(settings: Settings, batch: list[dict[str, str]]) -> None:
+    import orjson
+
+    recorder = StatusRecorder(settings, "primary")
+    recorder.took(0, 3, "DC-01", batch)
+    recorder.resolved([Segment(0, 3, 4)], accepted=True)
+    producer = _CapturingProducer(settings.topics.status)
+    assert recorder.emit(producer, force=True) == 1  # type: ignore[arg-type]
+    (record,) = [orjson.loads(v) for v in producer.values]
+    assert (record["computer"], record["rows"], record["last_time_generated"]) == (
+        "DC-01", 4, "2024-01-01T00:00:09.0000000Z")

@@ -209,7 +209,8 @@ def test_malformed_lines_are_reported_and_dead_lettered_rest_delivered(collector
     assert all(e["event_data"] == src["event_data"] for e, src in zip(delivered, events, strict=True))
     dead = dead_letters(collector_settings)
     assert sorted(v for v, _ in dead) == sorted(bad)
-    reasons = [h["reason"].decode() for _, h in dead]
+    reasons = [h["secstream.reason"].decode() for _, h in dead]
+    assert all(h["secstream.stage"] == b"collector" and h["secstream.collector_id"] == b"collector-a" for _, h in dead)
     assert all(r.startswith("line ") for r in reasons) and any("event_id" in r for r in reasons)
 
 

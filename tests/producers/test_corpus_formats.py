@@ -15,7 +15,9 @@ import orjson
 import pytest
 from fastavro import parse_schema
 from fastavro.validation import validate
+from lxml import etree
 
+from producers.adapters import event_xml
 from producers.adapters.json_formats import keywords_hex
 from producers.adapters.sources import discover
 from producers.timeutil import iso_to_ticks
@@ -112,6 +114,24 @@ def test_evtx_fields_match_the_parsers_json_view(corpus_files: list[CorpusFile])
     assert checked > 50_000
 
 
+@pytest.mark.skipif(event_xml.native_from_record is None, reason="producers._evtxrender is not built")
+def test_evtx_native_reader_equals_the_python_reader(corpus_files: list[CorpusFile],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every EVTX file of the corpus, damaged ones included: the C record mapping gives the same events (full
+    precision time, record ids) and the same reported issues as the Python one."""
+    files = [f.path for f in corpus_files if f.fmt == "EVTX"]
+    native = [_read(path) for path in files]
+    monkeypatch.setattr(event_xml, "native_from_record", None)
+    monkeypatch.setattr(event_xml, "_native_parse", None)
+    python = [_read(path) for path in files]
+    assert sum(len(events) for events, _ in native) > 7000
+    for path, (native_events, native_issues), (python_events, python_issues) in zip(files, native, python,
+                                                                                     strict=True):
+        assert native_issues == python_issues, path.name
+        for a, b in zip(native_events, python_events, strict=True):
+            assert {**a, "provenance": None} == {**b, "provenance": None}, (path.name, b["event_record_id"])
+
+
 def _as_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -194,6 +214,58 @@ def test_winlogbeat8_full_precision_time(corpus_files: list[CorpusFile]) -> None
     assert event["event_record_id"] == row["winlog"]["record_id"] == 5040235
     assert dict((i["name"], i["value"]) for i in event["event_data"]) == row["winlog"]["event_data"]
     assert (event["process_id"], event["thread_id"]) == (496, 2868)
+
+
+def _user_data_tree(xml: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """(UserData tag, its element's qualified tag, [(leaf local name, text)]) of a user_data_xml value."""
+    root = etree.fromstring(xml.encode())
+    (element,) = list(root)
+    return root.tag, element.tag, [(etree.QName(leaf).localname, leaf.text or "") for leaf in element]
+
+
+def test_winlogbeat_user_data_is_the_userdata_xml(corpus_files: list[CorpusFile]) -> None:
+    """1102 (log cleared) from Winlogbeat 8: UserData comes back as the XML a Windows rendering of the same event
+    has (element names and namespaces as in the corpus' own EVTX 1102 records), with Winlogbeat's values verbatim,
+    and the stream stage's UserData reader takes it."""
+    path = _by_name(corpus_files, "1102.evtx.golden.json")
+    (event,), issues = _read(path)
+    assert not issues
+    user_data = json.loads(path.read_text())[0]["winlog"]["user_data"]
+    root, element, leaves = _user_data_tree(event["user_data_xml"])
+    assert root == "{http://schemas.microsoft.com/win/2004/08/events/event}UserData"
+    assert etree.QName(element).localname == user_data["xml_name"] == "LogFileCleared"
+    assert leaves == [(k, v) for k, v in user_data.items() if k != "xml_name"]
+
+    windows_1102 = [e for f in corpus_files if f.fmt == "EVTX" for e in _read(f.path)[0] if e["event_id"] == 1102]
+    assert windows_1102, "the corpus has EVTX 1102 records to compare with"
+    for recorded in windows_1102:
+        recorded_root, recorded_element, recorded_leaves = _user_data_tree(recorded["user_data_xml"])
+        assert (recorded_root, recorded_element) == (root, element)
+        assert sorted(name for name, _ in recorded_leaves) == sorted(name for name, _ in leaves)
+
+    from streams.normalize import user_data_xml
+
+    assert user_data_xml(event["user_data_xml"])[1] == leaves
+
+
+def test_winlogbeat6_user_data_is_xml(corpus_files: list[CorpusFile]) -> None:
+    path = _by_name(corpus_files, "empire_wdigest_downgrade.tar.gz")
+    events, _ = _read(path)
+    with tarfile.open(path) as archive:
+        stream = archive.extractfile(archive.getmembers()[0])
+        assert stream is not None
+        rows = [orjson.loads(line) for line in io.BytesIO(stream.read()) if line.strip()]
+    checked = 0
+    for event, row in zip(events, rows, strict=True):
+        if "user_data" not in row:
+            assert event["user_data_xml"] is None
+            continue
+        _, element, leaves = _user_data_tree(event["user_data_xml"])
+        # WMI-Activity: its UserData namespace is not known here, so the element inherits the event namespace
+        assert element == "{http://schemas.microsoft.com/win/2004/08/events/event}" + row["user_data"]["xml_name"]
+        assert leaves == [(k, v) for k, v in row["user_data"].items() if k != "xml_name"]
+        checked += 1
+    assert checked == 3
 
 
 @pytest.mark.parametrize("name", ["WindowsEvents.Zip"])

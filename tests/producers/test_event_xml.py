@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import evtx
 import pytest
 from fastavro import parse_schema
 from fastavro.validation import validate
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from producers.adapters import event_xml
 from producers.adapters.event_xml import (
     EventXmlError,
     iter_event_xml,
@@ -149,8 +155,13 @@ def _corpus_evtx() -> list[Path]:
     return sorted(CORPUS.rglob("*.evtx"))
 
 
-def test_fast_path_equals_lxml_on_every_corpus_record() -> None:
-    """The regex fast path must give exactly what lxml gives, on real renderings."""
+@pytest.mark.parametrize("native", [True, False], ids=["with-native", "python-only"])
+def test_fast_path_equals_lxml_on_every_corpus_record(native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast paths (C, then regular expressions) must give exactly what lxml gives, on real renderings."""
+    if native and event_xml._native_parse is None:
+        pytest.skip("producers._evtxrender is not built")
+    if not native:
+        monkeypatch.setattr(event_xml, "_native_parse", None)
     checked = 0
     for path in _corpus_evtx():
         with warnings.catch_warnings():
@@ -201,3 +212,141 @@ def test_fast_path_unnamed_and_empty_names() -> None:
                                   {"name": "ImagePath", "value": "%%SystemRoot%% & more"},
                                   {"name": None, "value": ""}]
     assert (fast["qualifiers"], fast["event_source_name"], fast["user_id"]) == (16384, "SCM", "S-1-5-21-1")
+
+
+@functools.cache
+def _security_rendering() -> str:
+    """One record of the corpus exactly as the evtx parser renders it (4781, named Data)."""
+    records = evtx.PyEvtxParser(str(CORPUS / "omerbenamram__evtx/samples/security.evtx")).records()
+    return next(r["data"] for r in records if r is not None and r["event_record_id"] == 101)
+
+
+_BASE_DATA = '    <Data Name="OldTargetUserName">Power Users</Data>\n'
+_LAST_DATA = '    <Data Name="PrivilegeList">-</Data>\n'
+# (what to replace in the record, by what): each probes one rule of the fast paths.
+_VARIANTS = [
+    ("", ""),
+    ("<EventID>4781", '<EventID Qualifiers="16384">4781'),
+    ('Guid="54849625-5478-4994-A5BA-3E3B0328C30D">', 'Guid="x" EventSourceName="Security">'),
+    ('<Provider Name="Microsoft-Windows-Security-Auditing" Guid="54849625-5478-4994-A5BA-3E3B0328C30D">',
+     "<Provider>"),
+    ("<Computer>WIN-03DLIIOFRRA</Computer>", "<Computer>   </Computer>"),
+    ("<Computer>WIN-03DLIIOFRRA</Computer>", "<Computer>\u2003</Computer>"),
+    ("<Computer>WIN-03DLIIOFRRA</Computer>", "<Computer>h\u00f6st-\u6f22</Computer>"),
+    ("<Keywords>0x8020000000000000</Keywords>", "<Keywords> </Keywords>"),
+    ("<Keywords>0x8020000000000000</Keywords>", "<Keywords></Keywords>"),
+    ("\n    <Keywords>0x8020000000000000</Keywords>", ""),
+    ("<Version>0</Version>", "<Version></Version>"),
+    ("<Version>0</Version>", "<Version>x</Version>"),
+    ("<EventRecordID>101</EventRecordID>", "<EventRecordID>123456789012345678901234</EventRecordID>"),
+    ('ProcessID="476"', 'ProcessID=""'),
+    ('ProcessID="476"', 'ProcessID="4x"'),
+    ("<Correlation>", '<Correlation ActivityID="{D2C3A1B0-0000-0000-0000-000000000001}">'),
+    ("<Security>", '<Security UserID="S-1-5-18">'),
+    ("2016-07-08T18:15:50.689631Z", "2016-07-08T18:15:50.6896317Z"),
+    ("2016-07-08T18:15:50.689631Z", "2016-07-08T18:15:50.689631789Z"),
+    ("2016-07-08T18:15:50.689631Z", "2016-07-08T18:15:50Z"),
+    ("2016-07-08T18:15:50.689631Z", "2016-07-08T18:15:50.Z"),
+    ("2016-07-08T18:15:50.689631Z", "2016-02-29T23:59:59.1Z"),
+    ("2016-07-08T18:15:50.689631Z", "2015-02-29T00:00:00.1Z"),
+    ("2016-07-08T18:15:50.689631Z", "2016-07-08T24:00:00.1Z"),
+    ("2016-07-08T18:15:50.689631Z", "1601-01-01T00:00:00.0000001Z"),
+    ("2016-07-08T18:15:50.689631Z", "2016-07-08 18:15:50.689631Z"),
+    ('<TimeCreated SystemTime="2016-07-08T18:15:50.689631Z">', "<TimeCreated>"),
+    (_BASE_DATA, '    <Data>unnamed</Data>\n    <Data Name="">empty name</Data>\n'),
+    (_BASE_DATA, '    <Data Name="A">va"l">ue</Data>\n'),
+    (_BASE_DATA, '    <Data Name="A"></Data>\n    <Data Name="A">  dup \t</Data>\n'),
+    (_BASE_DATA, '    <Data Name="A" Other="b">v</Data>\n'),
+    (_BASE_DATA, '    <Data Name="A"/>\n'),
+    (_BASE_DATA, '    <Data Name="A">line\r\nnext \x01</Data>\n'),
+    (_BASE_DATA, '    <Data Name="A">caf\u00e9 \U0001f600</Data>\n'),
+    (_BASE_DATA, '    <Data Name="A"><Inner/></Data>\n'),
+    (_BASE_DATA, "    <!-- c -->\n"),
+    (_BASE_DATA, '    <Data Name="A">a &amp; b</Data>\n'),
+    (_LAST_DATA, _LAST_DATA + "    <Binary>00FF</Binary>\n"),
+    (_LAST_DATA, _LAST_DATA + "    <Binary/>\n"),
+    (_BASE_DATA, "    <Binary>00</Binary>\n"),
+    ("  <EventData>", '  <EventData Name="X">'),
+]
+
+
+@functools.cache
+def _user_data_rendering() -> str:
+    """A 1102 (log cleared) record of the corpus as the evtx parser renders it: UserData/LogFileCleared."""
+    (path,) = CORPUS.glob("**/ID472, 4728 Hidden user creation.evtx")
+    records = evtx.PyEvtxParser(str(path)).records()
+    return next(r["data"] for r in records if r is not None and "<UserData>" in r["data"])
+
+
+_LOGON_ID = "<SubjectLogonId>0x14f509e2</SubjectLogonId>"
+_USER_DATA_VARIANTS = [
+    ("", ""),
+    (_LOGON_ID, "<SubjectLogonId></SubjectLogonId>"),
+    (_LOGON_ID, "<SubjectLogonId/>"),
+    (_LOGON_ID, "<SubjectLogonId />"),
+    (_LOGON_ID, '<SubjectLogonId Kind="hex" Base="16">0x1</SubjectLogonId>'),
+    (_LOGON_ID, "<SubjectLogonId Kind='hex'>0x1</SubjectLogonId>"),
+    (_LOGON_ID, '<SubjectLogonId Kind="a\tb">0x1</SubjectLogonId>'),
+    (_LOGON_ID, "<SubjectLogonId>a > b</SubjectLogonId>"),
+    (_LOGON_ID, "<SubjectLogonId>a\r\nb</SubjectLogonId>"),
+    (_LOGON_ID, "<SubjectLogonId>caf\u00e9 \x01 \"q\" 'a'</SubjectLogonId>"),
+    (_LOGON_ID, "<SubjectLogonId>0x1</SubjectLogonID>"),
+    (_LOGON_ID, "<SubjectLogonId>0x1</SubjectLogonId >"),
+    (_LOGON_ID, "<SubjectLogonId><!-- c -->0x1</SubjectLogonId>"),
+    (_LOGON_ID, "<SubjectLogonId><Inner><Deeper>x</Deeper></Inner></SubjectLogonId>"),
+    (_LOGON_ID, "<Subject\u00e9>0x1</Subject\u00e9>"),
+    ("<Security>", '<Security UserID="S-1-5-18">'),
+]
+
+
+@pytest.mark.skipif(event_xml._native_parse is None, reason="producers._evtxrender is not built")
+@pytest.mark.parametrize(("base", "old", "new"), [(_security_rendering, old, new) for old, new in _VARIANTS]
+                         + [(_user_data_rendering, old, new) for old, new in _USER_DATA_VARIANTS])
+def test_native_rendering_parser_declines_or_agrees_with_lxml(base: Callable[[], str], old: str, new: str) -> None:
+    """The C parser either declines (None: the Python paths take the record) or gives exactly what lxml gives."""
+    xml = base()
+    assert old in xml
+    xml = xml.replace(old, new, 1)
+    assert event_xml._native_parse is not None
+    native = event_xml._native_parse(xml, PROV, 5)
+    try:
+        expected: dict | None = parse_event_xml(xml, PROV, record_time=5)
+    except EventXmlError:
+        expected = None
+    if native is not None:
+        assert native == expected
+    if expected is not None:
+        assert parse_event_xml_fast(xml, PROV, record_time=5) == expected
+
+
+_MARKUP = st.sampled_from(["<", ">", "/", "&", "&amp;", "&#x41;", "&#0;", "\"", "'", "=", " ", "\n", "\r", "\t",
+                           "<Data>", "</Data>", "<Data Name=\"x\">", "<EventData>", "</EventData>", "<UserData>",
+                           "</System>", "<!--", "-->", "<![CDATA[", "]]>", "\x00", "\ud7ff", "\U0001f600"])
+
+
+@st.composite
+def _mangled_rendering(draw: st.DrawFn) -> str:
+    """A real rendering with a slice cut, repeated or replaced by markup or arbitrary text."""
+    xml = draw(st.sampled_from([_security_rendering(), _user_data_rendering()]))
+    start = draw(st.integers(0, len(xml)))
+    end = draw(st.integers(start, min(len(xml), start + 64)))
+    insert = draw(st.one_of(st.text(max_size=40), st.lists(_MARKUP, max_size=6).map("".join),
+                            st.just(xml[start:end] * 2), st.just("")))
+    return xml[:start] + insert + xml[end:]
+
+
+@pytest.mark.skipif(event_xml._native_parse is None, reason="producers._evtxrender is not built")
+@settings(max_examples=int(os.environ.get("SECSTREAM_NATIVE_FUZZ_EXAMPLES", "400")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(_mangled_rendering())
+def test_native_rendering_parser_on_mangled_records_declines_or_agrees_with_lxml(xml: str) -> None:
+    """Hostile or damaged renderings never crash the C parser: it declines, or gives exactly lxml's event."""
+    assert event_xml._native_parse is not None
+    native = event_xml._native_parse(xml, PROV, 5)
+    if native is None:
+        return
+    try:
+        expected: dict | None = parse_event_xml(xml, PROV, record_time=5)
+    except EventXmlError:
+        expected = None
+    assert native == expected

@@ -32,10 +32,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import evtx
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
+from schemas.codec import decode_security_batch
 from secstream.broker import EmbeddedBroker
 from secstream.pipeline import StageProcess, create_topics, write_config
+from secstream.source_position import SourcePosition, parse_source
+from sinks.row_progress import SavedProgress, decode_progress
 from tests.conftest import CORPUS, SEEDS, free_port
 from workspace.testing import WorkspaceEmulator
 
@@ -43,6 +46,8 @@ from workspace.testing import WorkspaceEmulator
 EVENT_SET_CHANNELS = frozenset({"Security", "Microsoft-Windows-AppLocker/EXE and DLL",
                                 "Microsoft-Windows-AppLocker/MSI and Script"})
 XML_HOST = "chaos-xml-host.example"
+NORMALIZED = "secstream.normalized"
+SINK_GROUP = "secstream-sink-chaos"
 
 # (Computer, Channel, EventRecordID, EventID)
 Identity = tuple[str, str, int, int]
@@ -128,6 +133,37 @@ class ChaosPlan:
     seed: int = 7
 
 
+@dataclass(frozen=True)
+class NormalizedMessage:
+    """One message of the normalized topic, as the stream stage wrote it."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    position: SourcePosition | None
+    origin_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SinkKill:
+    """A SIGKILL of the sink: when, and the offsets its group had committed (read while it was down), with the
+    rows after them the commit metadata records as delivered (``sinks.row_progress``)."""
+
+    at_ms: int
+    committed: dict[int, int]
+    progress: dict[int, SavedProgress | None] = field(default_factory=dict)
+
+    def may_resend(self, message: NormalizedMessage, row: int) -> bool:
+        """Whether the sink's successor may send this row of ``message`` again: it was in Kafka at the kill, at or
+        after the committed offset, and not recorded as delivered (so it was in flight, or just finished)."""
+        if message.timestamp_ms > self.at_ms or message.offset < self.committed.get(message.partition, 0):
+            return False
+        saved = self.progress.get(message.partition)
+        if saved is None:
+            return True
+        return not any(a <= row < b for a, b in saved.done(message.offset, len(message.origin_ids)))
+
+
 @dataclass
 class ChaosResult:
     expected: Counter[Identity]
@@ -139,6 +175,8 @@ class ChaosResult:
     logs: dict[str, str]
     errors: list[dict[str, Any]]
     unplanned_exits: list[str]
+    normalized: list[NormalizedMessage] = field(default_factory=list)
+    sink_kills: list[SinkKill] = field(default_factory=list)
 
 
 class ChaosPipeline:
@@ -152,6 +190,8 @@ class ChaosPipeline:
         }
         self.faults_applied: list[str] = []
         self.unplanned_exits: list[str] = []
+        self.sink_kills: list[SinkKill] = []
+        self.bootstrap = ""
 
     # ---------------------------------------------------------------- set-up
 
@@ -175,7 +215,7 @@ class ChaosPipeline:
             # that comes twice is deduplicated only for its last day.
             "stream": {"data_dir": str(self.state / "stream"), "dedup_window_seconds": 20 * 365 * 86400,
                        "session_timeout_seconds": 6.0,
-                       "rebalance_timeout_seconds": 10.0, "commit_interval_seconds": 1.0},
+                       "rebalance_timeout_seconds": 10.0, "commit_interval_seconds": 2.8},
             "sink": {"checkpoint_seconds": 0.5, "retry_backoff_max_seconds": 2.0},
             "destinations": [destination],
             "status": {"enabled": False},
@@ -192,6 +232,7 @@ class ChaosPipeline:
             broker = EmbeddedBroker(data_dir=self.state / "broker", port=free_port())
             broker.start()
             stack.callback(broker.stop)
+            self.bootstrap = broker.bootstrap
             # Bodies over 256 KiB are refused with 413: the sink (1 MiB requests) must split, never drop.
             ws = stack.enter_context(WorkspaceEmulator(self.state / "workspace",
                                                        settings={"max_body_bytes": 256 * 1024}))
@@ -220,6 +261,7 @@ class ChaosPipeline:
 
             producers: list[StageProcess] = []
             for number, wave in enumerate(waves):
+                baseline = (self._normalized_end(), ws.count())
                 kafka_files = [str(p) for p in wave[::2]] + ([str(bad_xml)] if number == 0 else [])
                 agent_files = [str(p) for p in wave[1::2]]
                 wave_stages = []
@@ -236,6 +278,7 @@ class ChaosPipeline:
                 for p in wave_stages:
                     stack.callback(p.stop)
                 fault = plan.faults[number % len(plan.faults)]
+                self._wait_for_flow(fault, baseline, ws)
                 self._apply(fault, broker=broker, ws=ws, stream=stream, sink=sink, collectors=collectors,
                             producers=wave_stages)
                 self._finish(wave_stages, stages=[stream, sink, *collectors])
@@ -244,25 +287,53 @@ class ChaosPipeline:
             rows = ws.query("SELECT Computer, Channel, EventRecordId, EventID, EventOriginId FROM SecurityEvent")
             errors = ws.errors()
             dead = read_dead_letters(broker.bootstrap, "secstream.deadletter")
+            normalized = read_normalized(broker.bootstrap, NORMALIZED)
             for stage in (*producers, *collectors, stream, sink):
                 stage.stop()
             logs_text = {p.name: p.read_text(errors="replace") for p in sorted(logs.glob("*.log"))}
             logs_text["workspace"] = ws.log_tail(100_000)
         return ChaosResult(expected, rows, dead, planted, self.faults_applied, list(self.secrets.values()),
-                           logs_text, errors, self.unplanned_exits)
+                           logs_text, errors, self.unplanned_exits, normalized, self.sink_kills)
 
     # ---------------------------------------------------------------- faults
 
+    def _normalized_end(self) -> int:
+        return sum(end_offsets(self.bootstrap, NORMALIZED).values())
+
+    def _wait_for_flow(self, fault: str, baseline: tuple[int, int], ws: WorkspaceEmulator,
+                       timeout: float = 20.0) -> None:
+        """Until the wave's data reaches the stage the fault hits, so it hits data in flight: the stream writing
+        output (its kill then leaves output without committed input), or the sink delivering."""
+        normalized, rows = baseline
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if fault in ("kill-sink", "429-storm", "5xx-storm"):
+                if ws.count() > rows:
+                    break
+            elif fault in ("kill-stream", "restart-broker", "kill-all"):
+                if self._normalized_end() > normalized:
+                    break
+            else:
+                break
+            time.sleep(0.05)
+        # A stream kill right after its first output of the wave lands before the next write of its dedup state
+        # (every stream.commit_interval_seconds, the default 2.8 s): the restarted worker writes that output again.
+        time.sleep(self.rng.uniform(0.0, 0.2) if fault in ("kill-stream", "kill-all") else self.rng.uniform(0.0, 0.5))
+
     def _apply(self, fault: str, *, broker: EmbeddedBroker, ws: WorkspaceEmulator, stream: StageProcess,
                sink: StageProcess, collectors: list[StageProcess], producers: list[StageProcess]) -> None:
-        time.sleep(self.rng.uniform(0.5, 2.0))  # let the wave get going: the fault hits data in flight
+        if fault in ("kill-collector", "kill-producers", "none"):
+            time.sleep(self.rng.uniform(0.5, 2.0))  # let the wave get going: the fault hits data in flight
         self.faults_applied.append(f"{time.strftime('%H:%M:%S')} {fault} (rows so far: {ws.count()})")
         if fault == "none":
             pass
         elif fault == "kill-stream":
             _kill_and_restart(stream, self.rng)
         elif fault == "kill-sink":
-            _kill_and_restart(sink, self.rng)
+            sink.kill()
+            self._record_sink_kill()
+            time.sleep(self.rng.uniform(0.2, 1.5))
+            sink.start()
         elif fault == "kill-producers":
             for p in producers:
                 _kill_and_restart(p, self.rng)
@@ -282,11 +353,19 @@ class ChaosPipeline:
         elif fault == "kill-all":
             for stage in (stream, sink, *collectors, *producers):
                 stage.kill()
+            self._record_sink_kill()
             time.sleep(1.0)
             for stage in (*collectors, stream, sink, *producers):
                 stage.start()
         else:
             raise ValueError(f"unknown fault {fault}")
+
+    def _record_sink_kill(self) -> None:
+        """What the killed sink had committed: rows of messages before these offsets must never come twice."""
+        killed_at = int(time.time() * 1000)
+        time.sleep(0.3)  # a commit already on the wire may still land: reading later only allows more
+        offsets, progress = committed_progress(self.bootstrap, SINK_GROUP, NORMALIZED)
+        self.sink_kills.append(SinkKill(killed_at, offsets, progress))
 
     def _supervise(self, stages: list[StageProcess]) -> None:
         """What Kubernetes does: a long-running stage that exited is started again (and the exit is recorded)."""
@@ -383,6 +462,60 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[tuple[
 def read_dead_letters(bootstrap: str, topic: str) -> list[dict[str, str]]:
     return [headers for _, headers in read_topic(bootstrap, topic)]
 
+
+def read_normalized(bootstrap: str, topic: str, timeout: float = 30.0) -> list[NormalizedMessage]:
+    """Every message of the normalized topic with where it sits, its raw position and its rows' EventOriginIds."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-read-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "receive.message.max.bytes": 200_000_000})
+    out: list[NormalizedMessage] = []
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        done = {p for p, end in ends.items() if end == 0}
+        deadline = time.monotonic() + timeout
+        while len(done) < len(ends) and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error():
+                    continue
+                partition, offset = cast(int, message.partition()), cast(int, message.offset())
+                rows = decode_security_batch(cast(bytes, message.value()))["rows"]
+                out.append(NormalizedMessage(partition, offset, message.timestamp()[1], parse_source(message.headers()),
+                                             tuple(r["EventOriginId"] for r in rows)))
+                if offset >= ends[partition] - 1:
+                    done.add(partition)
+            for p in set(ends) - done:
+                if consumer.position([TopicPartition(topic, p)])[0].offset >= ends[p]:
+                    done.add(p)
+    finally:
+        consumer.close()
+    return out
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-ends-{uuid.uuid4().hex}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+    except Exception:  # the broker is restarting: no progress seen yet
+        return {}
+    finally:
+        consumer.close()
+
+
+def committed_progress(bootstrap: str, group: str, topic: str
+                       ) -> tuple[dict[int, int], dict[int, SavedProgress | None]]:
+    """The group's committed offsets, and the row progress in their metadata."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return ({tp.partition: max(tp.offset, 0) for tp in found},
+                {tp.partition: decode_progress(tp.metadata) for tp in found})
+    finally:
+        consumer.close()
+
+
 def header_text(value: str | bytes | None) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -393,3 +526,46 @@ FAULTS: list[str] = ["kill-stream", "restart-broker", "kill-sink", "429-storm", 
           "kill-producers", "kill-all"]
 
 Check = Callable[[ChaosResult], None]
+
+
+# -- checks on the result -------------------------------------------------------------------------------------------
+
+def reemitted_messages(messages: list[NormalizedMessage]) -> int:
+    """Messages whose raw position an earlier message of the same normalized partition already carried: what the
+    stream stage wrote again after a restart (and the sink must skip)."""
+    seen: set[tuple[int, SourcePosition]] = set()
+    again = 0
+    for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        if m.position is None:
+            continue
+        key = (m.partition, m.position)
+        again += key in seen
+        seen.add(key)
+    return again
+
+
+def duplicate_rows(result: ChaosResult) -> tuple[dict[str, int], dict[str, int]]:
+    """Extra copies per EventOriginId in the workspace, split into those a sink kill explains and the rest.
+
+    The Logs Ingestion API has no idempotency key: rows the sink had sent but not yet recorded as delivered when it
+    was killed are sent again by its successor. A copy is explained by a kill when a message carrying the row was
+    already in Kafka at the kill, at or after the offset the sink's group had committed, and the row is not among
+    those the commit metadata records as delivered (``SinkKill.may_resend``); each kill explains one copy.
+    """
+    counts = Counter(r["EventOriginId"] for r in result.rows)
+    carriers: dict[str, list[NormalizedMessage]] = {}
+    for m in result.normalized:
+        for origin_id in m.origin_ids:
+            carriers.setdefault(origin_id, []).append(m)
+    explained: dict[str, int] = {}
+    unexplained: dict[str, int] = {}
+    for origin_id, n in counts.items():
+        if n < 2:
+            continue
+        kills = sum(1 for k in result.sink_kills
+                    if any(k.may_resend(m, m.origin_ids.index(origin_id)) for m in carriers.get(origin_id, [])))
+        if n - 1 <= kills:
+            explained[origin_id] = n - 1
+        else:
+            unexplained[origin_id] = n - 1
+    return explained, unexplained

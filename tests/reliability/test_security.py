@@ -70,7 +70,8 @@ def test_external_entities_and_entity_bombs_never_reach_kafka(settings: Settings
     assert all(marker.encode() not in value and b"aaaaaaaaaa" * 10 not in value for value, _ in raw)
     assert sum(value.count(host.encode()) for value, _ in raw) >= 1
     dead = read_topic(settings.kafka.bootstrap_servers, settings.topics.dead_letter)
-    reasons = {h.get("source", ""): h.get("reason", "") for _, h in dead}
+    reasons = {h.get("secstream.source", ""): h.get("secstream.reason", "") for _, h in dead}
+    assert all(h.get("secstream.stage") == "producer" for _, h in dead)
     for path in (xxe, bomb):
         assert "DOCTYPE" in reasons.get(str(path), ""), reasons
     assert all(marker.encode() not in value for value, _ in dead)

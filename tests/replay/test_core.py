@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from secstream.replay.core import (
     rules_fingerprint,
     security_row_count,
 )
-from tests.sinks.rows import encoded, make_batches
+from tests.sinks.rows import encoded, golden_rows, make_batches
 
 CONFIGURED = [RuleSettings(name="dc", computers=["dc*"], event_set="All"),
               RuleSettings(name="default", event_set="Minimal")]
@@ -85,3 +86,29 @@ def test_origin_ids_are_held_exactly_across_sorted_runs() -> None:
     assert len(ids) == len(held) and len(ids._runs) > 1
     assert all(i in ids for i in held)
     assert not any(i in ids for i in near) and 7 not in ids
+
+
+def test_batch_look_ups_agree_with_single_ones_and_never_hold_missing_ids() -> None:
+    rng = random.Random(11)
+    held = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(3_000)]
+    near = [str(uuid.UUID(int=uuid.UUID(i).int ^ 1)) for i in held[:300]]
+    ids = OriginIdSet(chunk=256)
+    ids.update(held)
+    assert len(ids._runs) > 1 and ids._recent  # sorted runs (bucketed) and recent ids both answer
+    probe: list[str | None] = [*held[::7], *near, None, "", *held[-40:]]
+    assert ids.absent(probe) == [not (i and i in ids) for i in probe]
+    assert sum(ids.absent(probe)) == len(near) + 2
+    assert OriginIdSet().absent(held[:3]) == [True, True, True]
+
+
+def test_counts_per_event_id_are_those_of_the_golden_rows() -> None:
+    batches = make_batches(1_234, 100)
+    golden = golden_rows()
+    expected = Counter(golden[i % len(golden)].get("EventID") or 0 for i in range(1_234))
+    skip = OriginIdSet(row["EventOriginId"] for row in batches[0]["rows"][:30])
+    processor = ReplayProcessor("normalized", skip_ids=skip)
+    sent = sum(len(processor.process(1, n, value).rows) for n, (_, value) in enumerate(encoded(batches)))
+    first = Counter(row.get("EventID") or 0 for row in batches[0]["rows"][:30])
+    assert processor.counts.by_event_id == expected - first
+    assert sent == processor.counts.to_send == processor.counts.by_partition[1] == 1_234 - 30
+    assert processor.counts.already_delivered == 30

@@ -144,7 +144,7 @@ def test_raw_replay_with_wider_rules_adds_only_the_new_events(sink_settings: Set
     # The live stream stage ran with Minimal: the same per-message function, its output on the normalized topic.
     live = BatchProcessor(compile_rules(common_or_minimal("Minimal")))
     dedup = Deduper()
-    normalized = []
+    normalized: list[tuple[bytes, bytes]] = []
     for b in batches:
         out = live.process(encode_raw_batch(b), b["host"].encode(), dedup, "raw")
         normalized.extend((b["host"].encode(), value) for value in out.values)
@@ -227,6 +227,7 @@ def test_a_dry_run_of_some_partitions_counts_only_those_and_sends_nothing(sink_s
     messages = read_topic(s, s.topics.normalized)
     # Three hosts over three partitions may leave one empty: replay a partition that holds data.
     chosen = messages[0].partition()
+    assert chosen is not None
     in_chosen = [m for m in messages if m.partition() == chosen]
     expected = Counter(r["EventID"] for m in in_chosen for r in decode_security_batch(m.value() or b"")["rows"])
     assert in_chosen

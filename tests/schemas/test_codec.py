@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import io
 from typing import Any
 
 import pytest
-from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.avsc import message_schema
 from schemas.catalog import COLUMN_NAMES
 from schemas.codec import (
     DecodeError,
-    EncodeError,
     decode_raw_batch,
     decode_security_batch,
     encode_raw_batch,
@@ -45,35 +41,6 @@ def test_security_batch_round_trip_is_sparse(batch: dict[str, Any]) -> None:
     data = encode_security_batch(batch)
     assert peek_schema_id(data) == 201
     assert decode_security_batch(data) == sparse(batch)
-
-
-def identity(batch: dict[str, Any]) -> dict[str, Any]:
-    return batch
-
-
-# schema -> (strategy, encode, decode, what decode returns for a batch)
-CODECS: dict[str, tuple[Any, Any, Any, Any]] = {
-    "RawEventBatch": (raw_batch, encode_raw_batch, decode_raw_batch, identity),
-    "SecurityEventBatch": (security_batch, encode_security_batch, decode_security_batch, sparse),
-}
-
-
-@pytest.mark.parametrize("name", list(CODECS))
-@LARGE
-@given(data=st.data())
-def test_bytes_are_what_fastavro_writes_and_reads(name: str, data: st.DataObject) -> None:
-    """The specialised codecs against fastavro, an independent Avro implementation, on the same schema."""
-    strategy, encode, decode, expected = CODECS[name]
-    batch = data.draw(strategy)
-    schema = message_schema(name)
-    out = io.BytesIO()
-    schemaless_writer(out, schema.parsed, batch)
-    payload = encode(batch)
-    assert payload[5:] == out.getvalue()
-    assert decode(payload[:5] + out.getvalue()) == expected(batch)
-    full = schemaless_reader(io.BytesIO(payload[5:]), schema.parsed, None)
-    assert isinstance(full, dict)
-    assert expected(full) == expected(batch)
 
 
 def test_null_and_empty_stay_distinct() -> None:
@@ -110,50 +77,6 @@ def test_very_large_values_round_trip() -> None:
                                                                                      "EventID": 2**31 - 1}
     security = {"computer": "h", "batch_id": "b", "source_batch_id": "s", "rows": [row] * 3}
     assert decode_security_batch(encode_security_batch(security)) == sparse(security)
-
-
-@pytest.mark.parametrize(
-    ("mutate", "message"),
-    [
-        (lambda b: b.pop("host"), "lacks the required field 'host'"),
-        (lambda b: b["events"][0].pop("provenance"), "lacks the required field 'provenance'"),
-        (lambda b: b["events"][0].update(event_id="4624"), r"events\[\]\.event_id: expected an Avro int"),
-        (lambda b: b["events"][0].update(event_id=2**31), r"events\[\]\.event_id: expected an Avro int"),
-        (lambda b: b["events"][0].update(channel=None), r"events\[\]\.channel: null in a non-null field"),
-        (lambda b: b["events"][0].update(channel="\ud800"), "surrogate"),
-        (lambda b: b.update(sequence=2**63), "sequence: expected an Avro long"),
-    ],
-)
-def test_raw_batch_that_does_not_fit_is_refused(mutate: Any, message: str) -> None:
-    _, batch = stored("RawEventBatch.v1")
-    mutate(batch)
-    with pytest.raises(EncodeError, match=message):
-        encode_raw_batch(batch)
-
-
-@pytest.mark.parametrize(
-    ("row", "message"),
-    [
-        ({"EventId": 4624}, "unknown column 'EventId'"),
-        ({"EventID": "4624"}, "column EventID: expected an int"),
-        ({"EventID": 2**31}, "column EventID: expected an int"),
-        ({"EventID": True}, "column EventID: expected an int"),
-        ({"Account": 5}, "column Account: expected str"),
-        ({"_BilledSize": "1.5"}, "column _BilledSize: expected a number"),
-    ],
-)
-def test_security_row_that_does_not_fit_is_refused(row: dict[str, Any], message: str) -> None:
-    with pytest.raises(EncodeError, match=message):
-        encode_security_batch({"computer": "h", "batch_id": "b", "source_batch_id": "s", "rows": [row]})
-
-
-def test_security_envelope_needs_its_fields() -> None:
-    with pytest.raises(EncodeError, match="computer"):
-        encode_security_batch({"batch_id": "b", "source_batch_id": "s", "rows": []})
-    with pytest.raises(EncodeError, match="lacks the required field 'rows'"):
-        encode_security_batch({"computer": "h", "batch_id": "b", "source_batch_id": "s"})
-    with pytest.raises(EncodeError, match="rows: expected a list"):
-        encode_security_batch({"computer": "h", "batch_id": "b", "source_batch_id": "s", "rows": None})
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,23 @@ def test_empty_values_are_left_out_and_nothing_else() -> None:
     assert truncated == 0
 
 
+def test_values_that_look_like_empty_json_values_are_kept_as_they_are() -> None:
+    row = {"CommandLine": 'cmd /c echo {"a":null,"b":""}', "EventData": ':null ":""', "Computer": "A", "Status": 0}
+    data, truncated = serialise_row(row)
+    assert orjson.loads(data) == row
+    assert truncated == 0
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 6, 9])
+def test_every_gzip_level_gives_a_standard_gzip_body(level: int) -> None:
+    (batch,) = make_batches(300, 300)
+    builder = RequestBuilder()
+    builder.add(0, 0, batch["computer"], batch["rows"])
+    (request,) = builder.drain()
+    ((_, wire),) = encode(request, level=level)
+    assert gzip.decompress(wire) == request.json_body()
+
+
 def test_values_over_the_field_limit_are_truncated_on_a_character_boundary() -> None:
     long_text = "é" * 40_000 + "x" * 10  # 80,010 bytes of UTF-8
     data, truncated = serialise_row({"EventData": long_text, "CommandLine": "short"}, max_field_bytes=65_536)

@@ -19,6 +19,7 @@ from workspace.shaping import (
     FlowShaper,
     ShapedBatch,
     canonical_datetimes,
+    datetime_column,
     format_datetime,
     parse_datetime,
     truncate_utf8,
@@ -157,6 +158,36 @@ def test_fast_column_check_agrees_with_per_value_parsing(value: datetime) -> Non
 def test_fast_column_check_rejects_impossible_days() -> None:
     assert not canonical_datetimes(["2023-02-29T00:00:00.0000000Z"])
     assert not canonical_datetimes(["2023-04-10T07:47:01.971Z"])
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    (["2023-04-10T07:47:01.971Z", "2023-04-10T07:48:02.005Z"],
+     ["2023-04-10T07:47:01.9710000Z", "2023-04-10T07:48:02.0050000Z"]),
+    (["2019-02-11T08:40:40Z", "2019-02-12T00:00:00Z"],
+     ["2019-02-11T08:40:40.0000000Z", "2019-02-12T00:00:00.0000000Z"]),
+    (["2019-02-11T08:40:40.123456Z"], ["2019-02-11T08:40:40.1234560Z"]),
+    (["2023-04-10T07:47:01.971Z", "2023-04-10T07:47:01Z"], None),  # mixed forms: per value
+    (["2023-04-10T07:47:01.971Z", "2023-02-30T00:00:00Z"], None),  # an impossible day: per value
+    (["2023-04-10T07:47:01.971Z", "2023-04-10 07:47:01"], None),  # another form: per value
+    (["2023-04-10T07:47:01.97101645Z"], None),  # more than 7 digits: per value
+])
+def test_whole_column_datetime_conversion(values: list[str], expected: list[str] | None) -> None:
+    assert datetime_column(values) == expected
+    # and whichever path a column takes, each stored value is what parsing it alone gives
+    _, rows = shape([{"TimeGenerated": NOW, "TimeCollected": v} for v in values])
+    assert [r.get("TimeCollected") for r in rows] == [parse_datetime(v) for v in values]
+
+
+@given(st.lists(st.tuples(st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
+                          st.integers(min_value=0, max_value=7)), min_size=1, max_size=20))
+def test_whole_column_datetime_conversion_agrees_with_per_value_parsing(items: list[tuple[datetime, int]]) -> None:
+    values = []
+    for value, digits in items:
+        fraction = f"{value.microsecond:06d}0"[:digits]
+        values.append(value.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if digits else "") + "Z")
+    assert datetime_column(values) in (None, [parse_datetime(v) for v in values])
+    same_form = [v[:-1] + "Z" for v in values[:1]] * 3
+    assert datetime_column(same_form) == [parse_datetime(v) for v in same_form]
 
 
 def test_guid_column_fast_path_and_per_value_path_agree() -> None:

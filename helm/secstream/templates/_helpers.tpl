@@ -133,6 +133,7 @@ annotations:
       "normalized" $t.normalized.name "normalized_partitions" $t.normalized.partitions
       "dead_letter" $t.deadLetter.name "dead_letter_partitions" $t.deadLetter.partitions
       "delivery_log" $t.deliveryLog.name "delivery_log_partitions" $t.deliveryLog.partitions
+      "status" $t.status.name "status_partitions" $t.status.partitions
       "replication_factor" $t.replicationFactor "retention_ms" $t.retentionMs -}}
 {{- $exporter := ternary "prometheus" .Values.telemetry.exporter .Values.metrics.enabled -}}
 {{- $telemetry := dict "exporter" $exporter "health_port" .Values.telemetry.healthPort
