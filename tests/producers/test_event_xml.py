@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import io
 import json
 import os
@@ -350,3 +351,14 @@ def test_native_rendering_parser_on_mangled_records_declines_or_agrees_with_lxml
     except EventXmlError:
         expected = None
     assert native == expected
+
+
+def test_native_rendering_parser_is_in_use_when_required() -> None:
+    """``make test`` sets SECSTREAM_REQUIRE_NATIVE_EVTX=1: this fails if producers._evtxrender did not build or load."""
+    if os.environ.get("SECSTREAM_REQUIRE_NATIVE_EVTX", "") != "1":
+        pytest.skip("SECSTREAM_REQUIRE_NATIVE_EVTX is not set")
+    try:
+        importlib.import_module("producers._evtxrender")
+    except ImportError as exc:
+        pytest.fail(f"SECSTREAM_REQUIRE_NATIVE_EVTX=1 but producers._evtxrender did not load: {exc}")
+    assert event_xml._native_parse is not None, "loaded, but turned off (SECSTREAM_NATIVE_EVTX=0?)"
