@@ -41,6 +41,7 @@ from producers.timeutil import now_us
 from schemas.avsc import read_avsc
 from schemas.codec import DecodeError, decode_raw_batch, encode_raw_batch
 from secstream.config import CollectorSettings, Settings
+from secstream.dead_letter import dead_letter_headers
 from secstream.kafka_metrics import KafkaClientStats
 from secstream.telemetry import inject_trace_headers
 
@@ -327,9 +328,8 @@ class Collector:
             raise RequestError(503, f"Kafka did not acknowledge the batch ({exc or 'timeout'}); retry") from None
 
     def _dead_letter_future(self, raw: bytes, reason: str, agent: str) -> asyncio.Future[None]:
-        return self.writer.send(self.settings.topics.dead_letter, agent.encode(), raw, [
-            ("secstream.reason", reason.encode("utf-8", "replace")[:4000]), ("secstream.stage", b"collector"),
-            ("secstream.agent_id", agent.encode()), ("secstream.collector_id", self.collector_id.encode())])
+        return self.writer.send(self.settings.topics.dead_letter, agent.encode(), raw, dead_letter_headers(
+            "collector", reason, agent_id=agent, collector_id=self.collector_id))
 
     async def _dead_letter(self, raw: bytes, reason: str, agent: str) -> None:
         try:

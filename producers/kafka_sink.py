@@ -20,6 +20,7 @@ from opentelemetry import metrics, trace
 from producers.batching import OutgoingBatch
 from schemas.codec import encode_raw_batch
 from secstream.config import Settings
+from secstream.dead_letter import dead_letter_headers
 from secstream.kafka import producer_config
 from secstream.kafka_metrics import KafkaClientStats
 from secstream.telemetry import inject_trace_headers
@@ -112,8 +113,7 @@ class KafkaBatchSink:
         _dead_letters.add(1, {"stage": "producer"})
         self.producer.produce(
             self.dead_letter_topic, value=raw or b"", key=source.encode("utf-8", "replace"),
-            headers=[("secstream.reason", reason.encode("utf-8", "replace")[:4000]), ("secstream.stage", b"producer"),
-                     ("secstream.source", source.encode("utf-8", "replace"))],
+            headers=dead_letter_headers("producer", reason, source=source),
         )
 
     def _wait_for_room(self, size: int, wait: Callable[[], bool] | None) -> None:

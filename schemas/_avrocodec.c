@@ -447,6 +447,15 @@ static UnicodeEntry *unicode_entries(PyObject *dict)
     return (UnicodeEntry *)(keys->dk_indices + ((size_t)1 << keys->dk_log2_index_bytes));
 }
 
+/* A dict (the model or its copy) whose n entries sit in order in a combined table of str keys. */
+static int laid_out(PyObject *dict, Py_ssize_t n)
+{
+    PyDictObject *d = (PyDictObject *)dict;
+    KeysLayout *keys = (KeysLayout *)d->ma_keys;
+    return d->ma_values == NULL && keys->dk_refcnt == 1 && keys->dk_kind == 1 /* DICT_KEYS_UNICODE */ &&
+           keys->dk_nentries == n && d->ma_used == n;
+}
+
 /* True when a copy of `model` is laid out as expected: a combined table of str keys in field order. */
 static int model_usable(PyObject *model, PyObject *names)
 {
@@ -455,11 +464,9 @@ static int model_usable(PyObject *model, PyObject *names)
         PyErr_Clear();
         return 0;
     }
-    PyDictObject *d = (PyDictObject *)copy;
-    KeysLayout *keys = (KeysLayout *)d->ma_keys;
+    KeysLayout *keys = (KeysLayout *)((PyDictObject *)copy)->ma_keys;
     Py_ssize_t n = PyTuple_GET_SIZE(names);
-    int ok = d->ma_values == NULL && keys->dk_refcnt == 1 && keys->dk_kind == 1 /* DICT_KEYS_UNICODE */ &&
-             keys->dk_nentries == n && d->ma_used == n && keys->dk_log2_size >= 3 &&
+    int ok = laid_out(copy, n) && keys->dk_log2_size >= 3 &&
              keys->dk_log2_size < 8 * sizeof(Py_ssize_t) &&
              keys->dk_log2_index_bytes >= keys->dk_log2_size && keys->dk_log2_index_bytes <= keys->dk_log2_size + 3;
     if (ok) {
@@ -477,17 +484,6 @@ static int model_usable(PyObject *model, PyObject *names)
     Py_DECREF(copy);
     PyErr_Clear();
     return ok;
-}
-#endif
-
-#ifdef FAST_DICT
-/* A dict (the model or its copy) whose n entries sit in order in a combined table of str keys. */
-static int laid_out(PyObject *dict, Py_ssize_t n)
-{
-    PyDictObject *d = (PyDictObject *)dict;
-    KeysLayout *keys = (KeysLayout *)d->ma_keys;
-    return d->ma_values == NULL && keys->dk_refcnt == 1 && keys->dk_kind == 1 && keys->dk_nentries == n &&
-           d->ma_used == n;
 }
 
 /* A copy of `model` (n keys, None values) holding `values` (references stolen on success). NULL with an error

@@ -14,29 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from secstream.dead_letter import dead_letter_headers, header_text
+from secstream.telemetry import KafkaHeaders as Headers
 from sinks.request_builder import Segment, gzip_body
 
-MAX_HEADER_TEXT = 4000
 
-Headers = list[tuple[str, str | bytes | None]]  # confluent-kafka's header list
-
-
-def _text(value: object) -> bytes:
-    return str(value)[:MAX_HEADER_TEXT].encode("utf-8", errors="replace")
+def sources(topic: str, segments: Iterable[Segment]) -> str:
+    return ",".join(f"{topic}/{s.partition}/{s.offset}:{s.rows}" for s in segments)
 
 
-def sources(topic: str, segments: Iterable[Segment]) -> bytes:
-    return _text(",".join(f"{topic}/{s.partition}/{s.offset}:{s.rows}" for s in segments))
-
-
-def _headers(destination: str, reason: str, error: str, source: bytes, gzipped: bool) -> Headers:
-    headers: Headers = [
-        ("secstream.stage", b"sink"),
-        ("secstream.destination", _text(destination)),
-        ("secstream.reason", _text(reason)),
-        ("secstream.error", _text(error)),
-        ("secstream.source", source),
-    ]
+def _headers(destination: str, reason: str, error: str, source: str, gzipped: bool) -> Headers:
+    headers = dead_letter_headers("sink", reason, destination=destination, error=error, source=source)
     if gzipped:
         headers.append(("content-encoding", b"gzip"))
     return headers
@@ -48,11 +36,11 @@ def rejected_request(destination: str, topic: str, segments: Iterable[Segment], 
     reason = "row-too-large" if code == "row-too-large" else "rejected"
     headers = _headers(destination, reason, message, sources(topic, segments), gzipped=True)
     headers += [
-        ("secstream.error.code", _text(code)),
-        ("secstream.http.status", _text(status if status is not None else "")),
-        ("secstream.dcr", _text(dcr)),
-        ("secstream.stream", _text(stream)),
-        ("secstream.request.id", _text(request_id)),
+        ("secstream.error.code", header_text(code)),
+        ("secstream.http.status", header_text(status if status is not None else "")),
+        ("secstream.dcr", header_text(dcr)),
+        ("secstream.stream", header_text(stream)),
+        ("secstream.request.id", header_text(request_id)),
     ]
     return body, headers
 
@@ -67,5 +55,5 @@ def oversize_row(destination: str, topic: str, segment: Segment, row: bytes, rea
 def undecodable(destination: str, topic: str, partition: int, offset: int, value: bytes | None,
                 reason: str) -> tuple[bytes, Headers]:
     """A message that is not a SecurityEventBatch; the original value is kept."""
-    headers = _headers(destination, "undecodable", reason, _text(f"{topic}/{partition}/{offset}:0"), gzipped=False)
+    headers = _headers(destination, "undecodable", reason, f"{topic}/{partition}/{offset}:0", gzipped=False)
     return value or b"", headers

@@ -30,15 +30,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from secstream.source_position import HeaderItems, SourcePosition, parse_source
+from sinks import commit_metadata
 
 log = logging.getLogger(__name__)
 
 METADATA_VERSION = 1
-# Kafka's default offset.metadata.max.bytes is 4096; larger metadata is left out (the tail is read instead).
-MAX_METADATA_BYTES = 4000
 
 RawKey = tuple[str, int]  # (raw topic, raw partition)
 
@@ -99,28 +98,22 @@ class PartitionMarks:
 
 
 def marks_fields(marks: dict[RawKey, Mark]) -> dict[str, Any]:
-    """The commit-metadata keys of the marks (the metadata object also carries ``sinks.row_progress`` keys)."""
+    """The commit-metadata keys of the marks (``sinks.commit_metadata`` joins them with the row progress)."""
     rows = [[topic, partition, m.offset, m.part, m.parts, m.timestamp_ms]
             for (topic, partition), m in sorted(marks.items())]
     return {"reemission": METADATA_VERSION, "marks": rows}
 
 
-def encode_marks(marks: dict[RawKey, Mark]) -> str:
-    return orjson.dumps(marks_fields(marks)).decode()
-
-
 def decode_marks(metadata: str | None) -> dict[RawKey, Mark] | None:
     """The marks in commit metadata; None when there are none of ours (absent, empty, another format)."""
-    if not metadata:
+    data = commit_metadata.load(metadata, "reemission", METADATA_VERSION)
+    if data is None:
         return None
     try:
-        data = orjson.loads(metadata)
-        if not isinstance(data, dict) or data.get("reemission") != METADATA_VERSION:
-            return None
         return {(str(topic), int(partition)): Mark(int(offset), int(part), int(parts),
                                                     None if ts is None else int(ts))
                 for topic, partition, offset, part, parts, ts in data["marks"]}
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -160,19 +153,18 @@ class ReemissionGuard:
         self._too_large_logged = False
         self.stats = ReemissionStats()
 
-    def admit(self, consumer: Consumer, msg: Message) -> bool:
-        """Whether to deliver ``msg`` (False: it re-emits a position already read; count it and skip it)."""
+    def admit(self, msg: Message, committed_metadata: str | None) -> bool:
+        """Whether to deliver ``msg`` (False: it re-emits a position already read; count it and skip it).
+
+        ``committed_metadata`` (that of the partition's committed offset, None if none or unreadable) is used only
+        at the first message of a partition since it was assigned, to restore its marks."""
         partition, offset = msg.partition(), msg.offset()
         assert partition is not None and offset is not None
+        timestamp = message_timestamp(msg)
         marks = self._partitions.get(partition)
         if marks is None:
-            marks = self._partitions[partition] = self._restore(consumer, partition, offset, message_timestamp(msg))
-        return marks.admit(offset, parse_source(msg.headers()), message_timestamp(msg))
-
-    def metadata(self, partition: int, offset: int) -> str:
-        """Commit metadata for committing ``offset`` (the marks of every message before it); "" if unknown."""
-        fields = self.metadata_fields(partition, offset)
-        return orjson.dumps(fields).decode() if fields else ""
+            marks = self._partitions[partition] = self._restore(partition, offset, timestamp, committed_metadata)
+        return marks.admit(offset, parse_source(msg.headers()), timestamp)
 
     def metadata_fields(self, partition: int, offset: int) -> dict[str, Any]:
         """The marks' keys of the commit metadata for committing ``offset``; empty if unknown or too large."""
@@ -181,12 +173,12 @@ class ReemissionGuard:
             return {}
         marks.fold(offset)
         fields = marks_fields(_recent(marks.committed, 2 * self.window_ms))
-        if len(orjson.dumps(fields)) > MAX_METADATA_BYTES:
+        if len(orjson.dumps(fields)) > commit_metadata.MAX_BYTES:
             if not self._too_large_logged:
                 self._too_large_logged = True
                 log.warning("%s/%d: re-emission marks of %d raw partitions exceed %d bytes of commit metadata; a "
                             "restarted sink rebuilds them by reading the partition back instead", self.topic,
-                            partition, len(marks.committed), MAX_METADATA_BYTES)
+                            partition, len(marks.committed), commit_metadata.MAX_BYTES)
             return {}
         return fields
 
@@ -196,16 +188,10 @@ class ReemissionGuard:
 
     # ------------------------------------------------------------------------------------------ rebuilding
 
-    def _restore(self, consumer: Consumer, partition: int, first_offset: int,
-                 first_timestamp_ms: int | None) -> PartitionMarks:
+    def _restore(self, partition: int, first_offset: int, first_timestamp_ms: int | None,
+                 committed_metadata: str | None) -> PartitionMarks:
         marks = PartitionMarks(self.window_ms)
-        try:
-            committed = consumer.committed([TopicPartition(self.topic, partition)], timeout=30)[0]
-            saved = decode_marks(committed.metadata) if committed.offset != OFFSET_INVALID else None
-        except KafkaException as exc:
-            log.warning("%s/%d: committed offset not readable (%s); rebuilding re-emission marks by reading back",
-                        self.topic, partition, exc)
-            saved = None
+        saved = decode_marks(committed_metadata)
         if saved is not None:
             marks.restore(saved)
             self.stats.restored_from_metadata += 1

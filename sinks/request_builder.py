@@ -68,18 +68,24 @@ class Request:
 
     def add(self, partition: int, offset: int, row: bytes, index: int | None = None) -> None:
         """Append ``row``, row ``index`` of the message at (partition, offset) (None: the one after the last)."""
+        if index is None:
+            last = self.segments[-1] if self.segments else None
+            same = last is not None and last.partition == partition and last.offset == offset
+            index = last.end if last is not None and same else 0
         if self.rows:
             self.raw_bytes += 1
         self.raw_bytes += len(row)
         self.rows.append(row)
+        self.cover(partition, offset, 1, index)
+
+    def cover(self, partition: int, offset: int, rows: int, first: int) -> None:
+        """Record that the ``rows`` rows just appended are those of the message at (partition, offset) from row
+        index ``first`` on (extending the last segment when they continue it)."""
         last = self.segments[-1] if self.segments else None
-        same = last is not None and last.partition == partition and last.offset == offset
-        if index is None:
-            index = last.end if last is not None and same else 0
-        if last is not None and same and last.end == index:
-            self.segments[-1] = Segment(partition, offset, last.rows + 1, last.first)
+        if last is not None and last.partition == partition and last.offset == offset and last.end == first:
+            self.segments[-1] = Segment(partition, offset, last.rows + rows, last.first)
         else:
-            self.segments.append(Segment(partition, offset, 1, index))
+            self.segments.append(Segment(partition, offset, rows, first))
 
     def json_body(self) -> bytes:
         return b"[" + b",".join(self.rows) + b"]"
@@ -238,11 +244,7 @@ class RequestBuilder:
         if rows:
             request.rows.extend(rows)
             request.raw_bytes = raw_bytes
-            last = request.segments[-1] if request.segments else None
-            if last is not None and last.partition == partition and last.offset == offset and last.end == first:
-                request.segments[-1] = Segment(partition, offset, last.rows + len(rows), last.first)
-            else:
-                request.segments.append(Segment(partition, offset, len(rows), first))
+            request.cover(partition, offset, len(rows), first)
         return request
 
     def drain(self) -> list[Request]:

@@ -17,8 +17,9 @@ On assignment the sink reads it back and does not send those rows again. Droppin
 (rows are then merely sent twice), so it is bounded: at most ``MAX_ENTRIES`` entries and ``MAX_RANGES`` ranges
 each, the lowest kept, and whatever does not fit beside the re-emission marks in the metadata is left out.
 
-The metadata is one JSON object shared with ``sinks.reemission``; this module owns the keys ``progress``
-(version), ``through`` and ``rows``. A reader of the older format (re-emission marks only) ignores them.
+The metadata is one JSON object shared with ``sinks.reemission`` (``sinks.commit_metadata``); this module owns the
+keys ``progress`` (version), ``through`` and ``rows``. A reader of the older format (re-emission marks only) ignores
+them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from sinks import commit_metadata
 
 PROGRESS_VERSION = 1
 MAX_ENTRIES = 32
@@ -107,12 +110,10 @@ def progress_fields(through: int | None, whole: Iterable[tuple[int, int]], parti
 
 def decode_progress(metadata: str | None) -> SavedProgress | None:
     """The progress in commit metadata; None when there is none of ours (absent, empty, another format)."""
-    if not metadata:
+    data = commit_metadata.load(metadata, "progress", PROGRESS_VERSION)
+    if data is None:
         return None
     try:
-        data = orjson.loads(metadata)
-        if not isinstance(data, dict) or data.get("progress") != PROGRESS_VERSION:
-            return None
         through = data.get("through")
         saved = SavedProgress(None if through is None else int(through))
         for offset, flat in data.get("rows") or []:
@@ -124,13 +125,5 @@ def decode_progress(metadata: str | None) -> SavedProgress | None:
                 add_range(ranges, int(flat[k]), int(flat[k + 1]))
             saved.rows[int(offset)] = ranges
         return saved
-    except (orjson.JSONDecodeError, TypeError, ValueError):
+    except (TypeError, ValueError):
         return None
-
-
-def combine(*parts: Mapping[str, Any]) -> str:
-    """One metadata string from the keys of each part ("" when there are none)."""
-    merged: dict[str, Any] = {}
-    for part in parts:
-        merged.update(part)
-    return orjson.dumps(merged).decode() if merged else ""

@@ -30,15 +30,16 @@ from secstream.config import DestinationSettings, Settings
 from secstream.kafka import consumer_config, producer_config
 from secstream.kafka_metrics import KafkaClientStats
 from secstream.lifecycle import StageState, run_stage, stop_on_signals
+from secstream.source_position import parse_source
 from secstream.status import StatusRecorder
 from secstream.telemetry import batch_span
-from sinks import dead_letter
+from sinks import commit_metadata, dead_letter
 from sinks.checkpoint import DeliveredRange, OffsetTracker, delivery_record
 from sinks.heartbeat import HeartbeatWriter
-from sinks.reemission import MAX_METADATA_BYTES, ReemissionGuard
+from sinks.reemission import ReemissionGuard
 from sinks.request_builder import Request, RequestBuilder, Segment
 from sinks.retry import Abandoned, Backoff, Deliverer, FatalSinkError, Placed, Target
-from sinks.row_progress import SavedProgress, combine, decode_progress, missing
+from sinks.row_progress import SavedProgress, decode_progress, missing
 from sinks.service import IngestionService
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ class SinkStage:
                        "reemissions_skipped": 0, "rows_delivered_earlier": 0}
         # Row-level progress in the commit metadata (sinks.row_progress); a replay (no group progress) turns it off.
         self.row_progress = settings.sink.row_progress
-        self._saved: dict[int, SavedProgress | None] = {}  # per partition since assignment: what the last owner did
+        # Per partition taken from since assignment: what its last owner recorded as done (None: nothing, or off).
+        self._saved: dict[int, SavedProgress | None] = {}
         self._commit_base: dict[int, int] = {}  # per partition: the offset committed (or started from)
         self._progress_dirty: set[int] = set()  # partitions whose row progress changed since their last commit
         self._last_progress_commit = 0.0
@@ -229,15 +231,17 @@ class SinkStage:
     def _take(self, msg: Message) -> None:
         partition, offset = msg.partition(), msg.offset()
         assert partition is not None and offset is not None
-        saved = self._saved_progress(partition, offset)
-        if self.reemissions is not None and not self.reemissions.admit(self.consumer, msg):  # type: ignore[arg-type]
+        metadata = self._restore(partition, offset) if partition not in self._saved else None
+        saved = self._saved[partition]
+        if self.reemissions is not None and not self.reemissions.admit(msg, metadata):
             self._skip_reemission(msg, partition, offset)
             return
         try:
             batch = self._decode(msg)
         except DecodeError as exc:
-            if saved is not None and saved.done(offset, 1):
-                self._register_earlier(partition, offset, 1, saved.done(offset, 1))  # its dead letter was written
+            done = saved.done(offset, 1) if saved is not None else []
+            if done:
+                self._register_earlier(partition, offset, 1, done)  # its dead letter was written
                 return
             self._tracker.register(partition, offset, 1)  # done when its dead-letter record is acknowledged
             self._dead_letter(*dead_letter.undecodable(self.destination.name, self.topic, partition, offset,
@@ -272,27 +276,29 @@ class SinkStage:
                               [rejected.segment])
         self._submit_all(packed.requests)
 
-    def _saved_progress(self, partition: int, offset: int) -> SavedProgress | None:
-        """What the partition's previous owner recorded as done after its committed offset (read once per
-        assignment, at its first message, which is at that offset)."""
-        if not self.row_progress:
+    def _restore(self, partition: int, offset: int) -> str | None:
+        """At the partition's first message since assignment (which is at its committed offset): read that
+        commit's metadata once, keep the rows its previous owner recorded as done, and return it (for the
+        re-emission marks). None when there is none, it is not readable, or neither part is on."""
+        self._commit_base[partition] = offset
+        self._saved[partition] = None
+        if not self.row_progress and self.reemissions is None:
             return None
-        if partition not in self._saved:
-            assert self.consumer is not None
-            self._commit_base[partition] = offset
-            try:
-                committed = self.consumer.committed([TopicPartition(self.topic, partition)], timeout=30)[0]
-                saved = decode_progress(committed.metadata) if committed.offset >= 0 else None
-            except KafkaException as exc:
-                log.warning("%s/%d: committed offset not readable (%s); rows delivered before the last commit of "
-                            "partly delivered messages are sent again", self.topic, partition, exc)
-                saved = None
-            self._saved[partition] = saved
-            if saved is not None:
-                log.info("%s/%d: from offset %d, rows the previous owner delivered are not sent again (done "
-                         "through offset %s, partly done messages %s)", self.topic, partition, offset,
-                         saved.through, sorted(saved.rows) or "none")
-        return self._saved[partition]
+        assert self.consumer is not None
+        try:
+            committed = self.consumer.committed([TopicPartition(self.topic, partition)], timeout=30)[0]
+        except KafkaException as exc:
+            log.warning("%s/%d: committed offset not readable (%s); rows of partly delivered messages are sent "
+                        "again, re-emission marks are rebuilt by reading back", self.topic, partition, exc)
+            return None
+        metadata: str | None = committed.metadata if committed.offset >= 0 else None
+        saved = decode_progress(metadata) if self.row_progress else None
+        self._saved[partition] = saved
+        if saved is not None:
+            log.info("%s/%d: from offset %d, rows the previous owner delivered are not sent again (done "
+                     "through offset %s, partly done messages %s)", self.topic, partition, offset,
+                     saved.through, sorted(saved.rows) or "none")
+        return metadata
 
     def _register_earlier(self, partition: int, offset: int, rows: int, done: list[tuple[int, int]]) -> None:
         """A message some of whose rows (``done``) were delivered before the last restart: only the rest is sent."""
@@ -308,8 +314,9 @@ class SinkStage:
         self._tracker.register(partition, offset, 0)
         self.totals["reemissions_skipped"] += 1
         REEMISSIONS.add(1, self._attrs)
-        log.debug("%s: %s/%d/%d skipped: re-emission of %s", self.destination.name, self.topic, partition, offset,
-                  dict(msg.headers() or []).get("secstream.source"))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s/%d/%d skipped: re-emission of %s", self.destination.name, self.topic, partition,
+                      offset, parse_source(msg.headers()))
 
     def _decode(self, msg: Message) -> dict[str, Any]:
         """The message as a SecurityEventBatch (``computer``, ``rows``); a replay of raw events derives it."""
@@ -452,9 +459,9 @@ class SinkStage:
         """Commit metadata for ``offset``: the re-emission marks as of it, and the rows done after it."""
         marks = self.reemissions.metadata_fields(partition, offset) if self.reemissions is not None else {}
         if not self.row_progress:
-            return combine(marks)
-        return combine(marks, self._tracker.progress_fields(partition, offset,
-                                                            MAX_METADATA_BYTES - len(combine(marks))))
+            return commit_metadata.combine(marks)
+        budget = commit_metadata.MAX_BYTES - len(commit_metadata.combine(marks))
+        return commit_metadata.combine(marks, self._tracker.progress_fields(partition, offset, budget))
 
     def _logged(self, delivered: DeliveredRange, err: KafkaError | None, msg: Message) -> None:
         if err is not None:

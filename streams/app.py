@@ -153,8 +153,8 @@ class StreamStage:
                 await send(self.output_topic, message.key, value, partition % self.output_partitions,
                            None, out_headers, transactional_id=tid)  # type: ignore[arg-type]
             for letter in outcome.dead_letters:
-                await send(self.dead_letter_topic, letter.key, letter.value, None, None, letter.headers,
-                           transactional_id=tid)
+                await send(self.dead_letter_topic, letter.key, letter.value, None, None,
+                           letter.headers, transactional_id=tid)  # type: ignore[arg-type]
             delta = deduper.delta()
             if delta:
                 if self.exactly_once:

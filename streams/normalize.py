@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from operator import itemgetter, not_
 from typing import Any, Literal
 
@@ -637,7 +638,7 @@ def normalize_event(
 
 
 def _normalize(raw_event: Mapping[str, Any], plans: dict[int, _Plan], flavour: str,
-               context: NormalizeContext) -> dict[str, Any]:
+               context: NormalizeContext, origin_id: str | None = None) -> dict[str, Any]:
     event_id = raw_event.get("event_id")
     ticks = raw_event.get("time_created")
     if type(event_id) is not int or type(ticks) is not int:
@@ -645,7 +646,7 @@ def _normalize(raw_event: Mapping[str, Any], plans: dict[int, _Plan], flavour: s
                              else "event_id and time_created must be integers")
     plan = plans.get(event_id) or plan_for(flavour, event_id)
     try:
-        return _row(raw_event, event_id, ticks, plan, flavour == "ama", context)
+        return _row(raw_event, event_id, ticks, plan, flavour == "ama", context, origin_id)
     except KeyError as exc:
         raise NormalizeError(f"event has no {exc.args[0]!r} field") from None
 
@@ -663,7 +664,7 @@ def _copy_verbatim(row: dict[str, Any], raw_event: Mapping[str, Any], texts: tup
 
 
 def _row(raw_event: Mapping[str, Any], event_id: int, ticks: int, plan: _Plan, ama: bool,
-         context: NormalizeContext) -> dict[str, Any]:
+         context: NormalizeContext, origin_id: str | None) -> dict[str, Any]:
     # One straight pass with the fewest dict operations: this runs for every event. RawEvent dicts carry every
     # field of the Avro schema, so fields are indexed, not .get()-ed.
     row: dict[str, Any] = {
@@ -671,7 +672,7 @@ def _row(raw_event: Mapping[str, Any], event_id: int, ticks: int, plan: _Plan, a
         "SourceSystem": SOURCE_SYSTEM,
         "EventID": event_id,
         "Activity": plan.activity,
-        "EventOriginId": event_origin_id(raw_event),
+        "EventOriginId": origin_id or event_origin_id(raw_event),
     }
     # The System fields of both flavours, unrolled (this runs for every event); AMA's go through _copy_verbatim.
     value = raw_event["computer"]
@@ -754,18 +755,26 @@ def normalize_batch(
     *,
     flavour: str = "ama",
     context: NormalizeContext = DEFAULT_CONTEXT,
+    origin_ids: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[Mapping[str, Any], str]]]:
     """Normalise a batch: (rows, [(event, reason), ...] for events that cannot become a row -> dead letter).
 
-    An unknown ``flavour`` is a programming/configuration error and raises ValueError for the whole batch.
+    ``origin_ids``, when the caller already has them (one per event, ``event_origin_id``), saves hashing each
+    event again. An unknown ``flavour`` is a programming/configuration error and raises ValueError for the whole
+    batch.
     """
     plans = _plans(flavour)
     rows: list[dict[str, Any]] = []
     rejected: list[tuple[Mapping[str, Any], str]] = []
     append = rows.append
-    for raw_event in raw_events:
+    if origin_ids is not None:
+        raw_events = list(raw_events)
+        if len(origin_ids) != len(raw_events):
+            raise ValueError(f"{len(origin_ids)} origin ids for {len(raw_events)} events")
+    ids: Iterable[str | None] = repeat(None) if origin_ids is None else origin_ids  # lengths checked above
+    for raw_event, origin_id in zip(raw_events, ids, strict=False):
         try:
-            append(_normalize(raw_event, plans, flavour, context))
+            append(_normalize(raw_event, plans, flavour, context, origin_id))
         except NormalizeError as exc:
             rejected.append((raw_event, str(exc)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -21,20 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.codec import DecodeError, decode_raw_batch, encode_raw_batch, encode_security_batch
+from secstream.dead_letter import dead_letter_headers
+from secstream.telemetry import KafkaHeaders
 from streams.dedup import Deduper
 from streams.filtering import RuleSet
 from streams.normalize import DEFAULT_CONTEXT, NormalizeContext, normalize_batch
 
 # Output batch ids are UUIDv5 of the source batch id: the same when a batch is processed again.
 OUTPUT_BATCH_NAMESPACE = uuid.UUID("3f0c64a6-1f55-5a8e-9c52-0c1d6c7e2b4a")
-MAX_HEADER_TEXT = 4000
-
-Headers = list[tuple[str, bytes]]
-
-
-def _text(value: object) -> bytes:
-    return str(value)[:MAX_HEADER_TEXT].encode("utf-8", errors="replace")
-
 
 # Under Kafka's default message.max.bytes (1 MB), with room for headers and the record overhead.
 MAX_MESSAGE_BYTES = 900_000
@@ -44,7 +38,7 @@ MAX_MESSAGE_BYTES = 900_000
 class DeadLetter:
     key: bytes | None
     value: bytes
-    headers: Headers
+    headers: KafkaHeaders
 
 
 @dataclass
@@ -81,16 +75,6 @@ def encode_bounded(host: str, source_batch_id: str, rows: list[dict[str, Any]], 
     return encode(rows, "")
 
 
-def dead_letter_headers(reason: str, error: str, source: str, events: int) -> Headers:
-    return [
-        ("secstream.stage", b"stream"),
-        ("secstream.reason", reason.encode()),
-        ("secstream.error", _text(error)),
-        ("secstream.source", _text(source)),
-        ("secstream.events", str(events).encode()),
-    ]
-
-
 class BatchProcessor:
     """Per-message work of the stream stage. Holds the compiled rules; dedup state is passed in per partition."""
 
@@ -114,7 +98,7 @@ class BatchProcessor:
             batch = decode_raw_batch(value)
         except DecodeError as exc:
             out = Outcome(dead_lettered=1)
-            headers = dead_letter_headers("undecodable", str(exc), source, 0)
+            headers = dead_letter_headers("stream", "undecodable", error=exc, source=source, events=0)
             out.dead_letters.append(DeadLetter(key, value or b"", headers))
             return out
         events = batch["events"]
@@ -169,5 +153,6 @@ class BatchProcessor:
         letters = []
         for reason, events in by_reason.items():
             value = encode_raw_batch({**batch, "events": events})
-            letters.append(DeadLetter(key, value, dead_letter_headers("not-normalisable", reason, source, len(events))))
+            headers = dead_letter_headers("stream", "not-normalisable", error=reason, source=source, events=len(events))
+            letters.append(DeadLetter(key, value, headers))
         return letters

@@ -35,11 +35,12 @@ _INVALID = object()
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 _DATETIME = re.compile(r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,7})\d*)?Z?")
+_SECONDS = r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
 # The form the sink sends (and the store keeps): checked for a whole column at once, in C.
-_CANONICAL = (r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{7}Z")
+_CANONICAL = _SECONDS + r"\.\d{7}Z"
 _CANONICAL_COLUMN = re.compile(f"(?:{_CANONICAL}\n)*{_CANONICAL}")
 # Also accepted for a whole column at once: 0-6 fractional digits (e.g. agents' millisecond times), padded in C.
-_SHORT = (r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,7})?Z")
+_SHORT = _SECONDS + r"(?:\.\d{1,7})?Z"
 _SHORT_COLUMN = re.compile(f"(?:{_SHORT}\n)*{_SHORT}")
 _CANONICAL_LENGTH = 28  # 2023-04-10T07:47:01.9710164Z
 _SECONDS_LENGTH = 20  # 2023-04-10T07:47:01Z
@@ -74,8 +75,11 @@ def parse_datetime(value: str) -> str | None:
 
 def canonical_datetimes(values: Sequence[str]) -> bool:
     """True when every value is already in canonical form and names a real day."""
-    if not _CANONICAL_COLUMN.fullmatch("\n".join(values)):
-        return False
+    return bool(_CANONICAL_COLUMN.fullmatch("\n".join(values))) and _real_days(values)
+
+
+def _real_days(values: Sequence[str]) -> bool:
+    """True when the date part (first 10 characters) of every value names a real day."""
     try:
         for day in {v[:10] for v in values}:
             date.fromisoformat(day)
@@ -94,12 +98,7 @@ def datetime_column(values: Sequence[str]) -> Sequence[str] | None:
     if len(lengths) != 1:
         return None
     text = "\n".join(values)
-    if not _SHORT_COLUMN.fullmatch(text):
-        return None
-    try:
-        for day in {v[:10] for v in values}:
-            date.fromisoformat(day)
-    except ValueError:
+    if not _SHORT_COLUMN.fullmatch(text) or not _real_days(values):
         return None
     # The form is fixed-width but for the fraction, so equal lengths mean equal fraction digits: pad them all.
     (length,) = lengths

@@ -69,7 +69,8 @@ def _local(tag: Any) -> str:
     return tag.rpartition("}")[2]
 
 
-def _int(text: str | None) -> int | None:
+def int_or_none(text: str | None) -> int | None:
+    """Decimal or 0x-hex text, as renderings write numbers; None when absent, blank or not a number."""
     if text is None:
         return None
     text = text.strip()
@@ -132,8 +133,8 @@ def _attribute_fields(tag: str, get: Callable[[str], str | None], out: dict[str,
         out["activity_id"] = get("ActivityID")
         out["related_activity_id"] = get("RelatedActivityID")
     elif tag == "Execution":
-        out["process_id"] = _int(get("ProcessID"))
-        out["thread_id"] = _int(get("ThreadID"))
+        out["process_id"] = int_or_none(get("ProcessID"))
+        out["thread_id"] = int_or_none(get("ThreadID"))
     elif tag == "Security":
         out["user_id"] = get("UserID")
     else:
@@ -229,13 +230,13 @@ def _read_system(system: etree._Element, out: dict[str, Any]) -> None:
         if _attribute_fields(name, el.get, out):
             continue
         if name == "EventID":
-            event_id = _int(el.text)
+            event_id = int_or_none(el.text)
             if event_id is None:
                 raise EventXmlError(f"System/EventID is not a number: {el.text!r}")
             out["event_id"] = event_id
-            out["qualifiers"] = _int(el.get("Qualifiers"))
+            out["qualifiers"] = int_or_none(el.get("Qualifiers"))
         elif name in ("Version", "Level", "Task", "Opcode"):
-            out[name.lower()] = _int(el.text)
+            out[name.lower()] = int_or_none(el.text)
         elif name == "Keywords":
             out["keywords"] = _system_text(el.text)
         elif name == "TimeCreated":
@@ -247,7 +248,7 @@ def _read_system(system: etree._Element, out: dict[str, Any]) -> None:
             except TimeFormatError as exc:
                 raise EventXmlError(f"System/TimeCreated: {exc}") from None
         elif name == "EventRecordID":
-            out["event_record_id"] = _int(el.text)
+            out["event_record_id"] = int_or_none(el.text)
         elif name == "Channel":
             out["channel"] = _system_text(el.text) or ""
         elif name == "Computer":
@@ -626,13 +627,13 @@ def _system_by_elements(xml: str, start: int, end: int, provenance: dict[str, An
         if _attribute_fields(tag, attrs.get, out):
             continue
         if tag == "EventID":
-            event_id = _int(value)
+            event_id = int_or_none(value)
             if event_id is None:
                 raise _NotCanonical
             out["event_id"] = event_id
-            out["qualifiers"] = _int(attrs.get("Qualifiers"))
+            out["qualifiers"] = int_or_none(attrs.get("Qualifiers"))
         elif tag in _INT_FIELDS:
-            out[_INT_FIELDS[tag]] = _int(value)
+            out[_INT_FIELDS[tag]] = int_or_none(value)
         elif tag == "Keywords":
             out["keywords"] = None if value is None else _unescape(value)
         elif tag == "TimeCreated":

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from producers.adapters.event_xml import EVENT_NS, EventXmlError, blank_raw_event, parse_event_xml
+from producers.adapters.event_xml import EVENT_NS, EventXmlError, blank_raw_event, int_or_none, parse_event_xml
 from producers.timeutil import TICKS_PER_SECOND, TimeFormatError, iso_to_ticks
 
 Mapper = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -50,13 +50,7 @@ def _int(value: Any) -> int | None:
         return value
     if isinstance(value, float):
         return int(value) if value.is_integer() else None
-    text = str(value).strip()
-    if not text:
-        return None
-    try:
-        return int(text, 16) if text.lower().startswith("0x") else int(text)
-    except ValueError:
-        return None
+    return int_or_none(str(value))
 
 
 def _text(value: Any) -> str | None:

@@ -344,11 +344,15 @@ class ReplayProcessor:
             deduper = self._dedupers[partition] = Deduper(self._window, clock=lambda: 0.0)
         kept, duplicates = deduper.admit_batch(wanted)
         counts.duplicates += len(duplicates)
+        origin_ids: list[str] | None = None
         if self.skip_ids and kept:
-            fresh = list(compress(kept, self.skip_ids.absent([event_origin_id(ev) for ev in kept])))
-            counts.already_delivered += len(kept) - len(fresh)
-            kept = fresh
-        rows, rejected = normalize_batch(kept, flavour=self._flavour)
+            # Hashed once here and handed to normalisation, which would otherwise hash every event again.
+            origin_ids = [event_origin_id(ev) for ev in kept]
+            fresh = self.skip_ids.absent(origin_ids)
+            kept = list(compress(kept, fresh))
+            counts.already_delivered += len(origin_ids) - len(kept)
+            origin_ids = list(compress(origin_ids, fresh))
+        rows, rejected = normalize_batch(kept, flavour=self._flavour, origin_ids=origin_ids)
         letters: list[DeadLetter] = []
         if rejected:
             counts.dead_lettered += len(rejected)

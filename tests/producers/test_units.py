@@ -14,7 +14,10 @@ from producers.adapters.json_formats import RecordFormatError, keywords_from_nam
 from producers.adapters.wineventlog import LiveEventLogSource, bookmark_xml
 from producers.batching import Batcher
 from producers.checkpoint import ProducerState, ProgressTracker, load_state, save_state
+from producers.kafka_sink import KafkaBatchSink
 from producers.timeutil import iso_to_ticks, ticks_to_iso
+from secstream.config import Settings
+from secstream.dead_letter import MAX_HEADER_TEXT
 from tests.conftest import CORPUS
 
 SECURITY_EVTX = CORPUS / "omerbenamram__evtx/samples/security.evtx"
@@ -172,3 +175,25 @@ def test_json_values_of_the_wrong_type_are_a_record_error(record: dict[str, Any]
     """Found by fuzzing: such a record stopped the whole producer instead of being dead-lettered alone."""
     with pytest.raises(RecordFormatError, match=message):
         map_json_record(record, {"source_format": fmt, "read_time_us": 0}, fmt)
+
+
+class _RecordingProducer:
+    """Stands in for confluent_kafka.Producer: keeps what ``produce`` was given."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    def produce(self, topic: str, **record: Any) -> None:
+        self.records.append((topic, record))
+
+
+def test_dead_letter_headers_keep_a_long_reason_whole_characters() -> None:
+    producer = _RecordingProducer()
+    sink = KafkaBatchSink(Settings(), "agent-1", lambda batch: None, 1 << 20, producer=producer)  # type: ignore[arg-type]
+    reason = "record 7: " + "\u20ac" * 5000  # 3 bytes per character: a byte cut would keep a third of it
+    sink.dead_letter(reason, b"<Event>", "record 7")
+    [(topic, record)] = producer.records
+    headers = dict(record["headers"])
+    assert topic == Settings().topics.dead_letter and record["value"] == b"<Event>"
+    assert headers["secstream.stage"] == b"producer" and headers["secstream.source"] == b"record 7"
+    assert headers["secstream.reason"].decode("utf-8") == reason[:MAX_HEADER_TEXT]

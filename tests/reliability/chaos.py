@@ -36,7 +36,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.codec import decode_security_batch
 from secstream.broker import EmbeddedBroker
+from secstream.offsets import Position, partitions_of, plan_ranges, resolve
 from secstream.pipeline import StageProcess, create_topics, write_config
+from secstream.replay.reading import read_ranges
 from secstream.source_position import SourcePosition, parse_source
 from sinks.row_progress import SavedProgress, decode_progress
 from tests.conftest import CORPUS, SEEDS, free_port
@@ -463,40 +465,26 @@ def read_dead_letters(bootstrap: str, topic: str) -> list[dict[str, str]]:
     return [headers for _, headers in read_topic(bootstrap, topic)]
 
 
-def read_normalized(bootstrap: str, topic: str, timeout: float = 30.0) -> list[NormalizedMessage]:
+def read_normalized(bootstrap: str, topic: str) -> list[NormalizedMessage]:
     """Every message of the normalized topic with where it sits, its raw position and its rows' EventOriginIds."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-read-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "receive.message.max.bytes": 200_000_000})
-    out: list[NormalizedMessage] = []
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        done = {p for p, end in ends.items() if end == 0}
-        deadline = time.monotonic() + timeout
-        while len(done) < len(ends) and time.monotonic() < deadline:
-            for message in consumer.consume(500, timeout=0.5):
-                if message.error():
-                    continue
-                partition, offset = cast(int, message.partition()), cast(int, message.offset())
-                rows = decode_security_batch(cast(bytes, message.value()))["rows"]
-                out.append(NormalizedMessage(partition, offset, message.timestamp()[1], parse_source(message.headers()),
-                                             tuple(r["EventOriginId"] for r in rows)))
-                if offset >= ends[partition] - 1:
-                    done.add(partition)
-            for p in set(ends) - done:
-                if consumer.position([TopicPartition(topic, p)])[0].offset >= ends[p]:
-                    done.add(p)
+        ranges = plan_ranges(consumer, topic, Position(edge="earliest"), None)
+        out = []
+        for m in read_ranges(consumer, topic, ranges, stall_timeout=30.0):
+            rows = decode_security_batch(cast(bytes, m.value()))["rows"]
+            out.append(NormalizedMessage(cast(int, m.partition()), cast(int, m.offset()), m.timestamp()[1],
+                                         parse_source(m.headers()), tuple(r["EventOriginId"] for r in rows)))
+        return out
     finally:
         consumer.close()
-    return out
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"chaos-ends-{uuid.uuid4().hex}"})
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        return resolve(consumer, topic, partitions_of(consumer, topic), Position(edge="latest"))
     except Exception:  # the broker is restarting: no progress seen yet
         return {}
     finally:

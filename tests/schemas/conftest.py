@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from fastavro import schemaless_writer
 from hypothesis import strategies as st
 
 from schemas.catalog import COLUMNS
@@ -87,6 +89,47 @@ security_batch = st.fixed_dictionaries({
     "source_batch_id": TEXT,
     "rows": st.lists(security_row, max_size=6),
 })
+
+
+# A record schema with every construct the engines cover, including those the batch schemas lack.
+EVERYTHING: dict[str, Any] = {
+    "type": "record", "name": "Everything", "namespace": "test",
+    "fields": [
+        {"name": "s", "type": "string"},
+        {"name": "b", "type": "bytes"},
+        {"name": "i", "type": "int"},
+        {"name": "l", "type": ["null", "long"], "default": None},
+        {"name": "flag", "type": "boolean"},
+        {"name": "d", "type": "double"},
+        {"name": "f", "type": ["null", "float"]},
+        {"name": "tags", "type": {"type": "array", "items": ["null", "string"]}, "default": []},
+        {"name": "matrix", "type": {"type": "array", "items": {"type": "array", "items": "long"}}},
+        {"name": "inner", "type": ["null", {"type": "record", "name": "Inner", "fields": [
+            {"name": "x", "type": ["null", "string"], "default": None},
+            {"name": "ys", "type": ["null", {"type": "array", "items": "int"}]},
+        ]}]},
+    ],
+}
+
+everything_record = st.fixed_dictionaries({
+    "s": TEXT,
+    "b": st.binary(),
+    "i": INT32,
+    "l": st.none() | INT64,
+    "flag": st.booleans(),
+    "d": st.floats(allow_nan=False),
+    "f": st.none() | st.floats(width=32, allow_nan=False),
+    "tags": st.lists(OPT_TEXT, max_size=5),
+    "matrix": st.lists(st.lists(INT64, max_size=4), max_size=4),
+    "inner": st.none() | st.fixed_dictionaries({"x": OPT_TEXT, "ys": st.none() | st.lists(INT32, max_size=4)}),
+})
+
+
+def fastavro_bytes(parsed_schema: Any, value: Any) -> bytes:
+    """What fastavro writes for ``value``: the bytes every engine must match."""
+    out = io.BytesIO()
+    schemaless_writer(out, parsed_schema, value)
+    return out.getvalue()
 
 
 def stored(name: str) -> tuple[bytes, dict[str, Any]]:

@@ -15,15 +15,14 @@ import sys
 from typing import Any
 
 import pytest
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import native
 from schemas.codec import Codec, DecodeError, EncodeError, default_codec
-from tests.schemas.conftest import raw_batch, security_batch, stored
-from tests.schemas.test_compiled import SCHEMA as EVERYTHING
-from tests.schemas.test_compiled import record as everything_record
+from schemas.compiled import compile_record
+from tests.schemas.conftest import EVERYTHING, everything_record, fastavro_bytes, raw_batch, security_batch, stored
 
 REQUIRED = os.environ.get("SECSTREAM_REQUIRE_NATIVE_CODEC", "") == "1"
 needs_native = pytest.mark.skipif(not native.available() and not REQUIRED,
@@ -38,11 +37,17 @@ ENGINES = ["native", "python"]
 _CODECS: dict[str, Codec] = {}
 
 
-def make_codec(engine: str) -> Codec:
-    if engine == "native" and not native.available():
+def require_native() -> None:
+    """Skip without the extension, or fail when ``SECSTREAM_REQUIRE_NATIVE_CODEC=1`` says it must be there."""
+    if not native.available():
         if REQUIRED:
             pytest.fail(f"SECSTREAM_REQUIRE_NATIVE_CODEC=1 but the extension did not load: {native.IMPORT_ERROR}")
         pytest.skip(f"native codec not built: {native.IMPORT_ERROR}")
+
+
+def make_codec(engine: str) -> Codec:
+    if engine == "native":
+        require_native()
     if engine not in _CODECS:
         _CODECS[engine] = Codec(native=engine == "native")
     return _CODECS[engine]
@@ -90,11 +95,9 @@ def test_each_engine_is_what_it_says(engine: Codec) -> None:
 @given(batch=raw_batch)
 def test_raw_batch_is_fastavro_byte_for_byte(engine_name: str, batch: dict[str, Any]) -> None:
     codec = make_codec(engine_name)
-    out = io.BytesIO()
-    schemaless_writer(out, codec.raw_schema.parsed, batch)
     payload = codec.encode_raw_batch(batch)
     assert payload[:5] == b"\x00\x00\x00\x00\x65"
-    assert payload[5:] == out.getvalue()
+    assert payload[5:] == fastavro_bytes(codec.raw_schema.parsed, batch)
     decoded = codec.decode_raw_batch(payload)
     assert decoded == batch
     assert decoded == schemaless_reader(io.BytesIO(payload[5:]), codec.raw_schema.parsed, None)
@@ -105,45 +108,73 @@ def test_raw_batch_is_fastavro_byte_for_byte(engine_name: str, batch: dict[str, 
 @given(batch=security_batch)
 def test_security_batch_is_fastavro_byte_for_byte(engine_name: str, batch: dict[str, Any]) -> None:
     codec = make_codec(engine_name)
-    out = io.BytesIO()
-    schemaless_writer(out, codec.security_schema.parsed, batch)
     payload = codec.encode_security_batch(batch)
-    assert payload[5:] == out.getvalue()
+    assert payload[5:] == fastavro_bytes(codec.security_schema.parsed, batch)
     assert codec.decode_security_batch(payload) == sparse(batch)
     full = schemaless_reader(io.BytesIO(payload[5:]), codec.security_schema.parsed, None)
     assert isinstance(full, dict)
     assert sparse(full) == sparse(batch)
 
 
-everything_native = native.build(EVERYTHING)
 everything_parsed = parse_schema(EVERYTHING)
 
 
-@needs_native
+@pytest.fixture(params=ENGINES, scope="module")
+def everything(request: pytest.FixtureRequest) -> Any:
+    """The ``EVERYTHING`` record codec of one engine: a native program or the compiled Python functions."""
+    if request.param == "native":
+        require_native()
+        built: Any = native.build(EVERYTHING)
+    else:
+        built = compile_record(EVERYTHING)
+    assert built is not None
+    return built
+
+
 @settings(max_examples=300, deadline=None)
-@given(everything_record)
-def test_every_construct_is_fastavro_byte_for_byte(value: dict[str, Any]) -> None:
+@given(value=everything_record)
+def test_every_construct_is_fastavro_byte_for_byte(everything: Any, value: dict[str, Any]) -> None:
     """bytes, float, double, boolean, nested arrays, nullable records: the constructs the batch schemas lack."""
-    assert everything_native is not None
-    out = io.BytesIO()
-    schemaless_writer(out, everything_parsed, value)
-    data = everything_native.encode(value)
-    assert data == out.getvalue()
-    decoded, end = everything_native.decode(data, 0)
+    data = everything.encode(value)
+    assert data == fastavro_bytes(everything_parsed, value)
+    decoded, end = everything.decode(data, 0)
     assert end == len(data)
     assert decoded == schemaless_reader(io.BytesIO(data), everything_parsed, None)
 
 
-@needs_native
-def test_native_edge_values() -> None:
-    assert everything_native is not None
+@pytest.mark.parametrize("infinity", [math.inf, -math.inf])
+def test_edge_values(everything: Any, infinity: float) -> None:
     value = {"s": "\x00é\U0001f600", "b": bytearray(b"\x00\xff"), "i": -(2**31), "l": 2**63 - 1, "flag": False,
-             "d": math.nan, "f": -math.inf, "tags": [None, ""], "matrix": [[-(2**63)], []],
+             "d": math.nan, "f": infinity, "tags": [None, ""], "matrix": [[-(2**63)], []],
              "inner": {"x": None, "ys": []}}
-    decoded, _ = everything_native.decode(everything_native.encode(value), 0)
-    assert math.isnan(decoded["d"]) and decoded["f"] == -math.inf
+    decoded, _ = everything.decode(everything.encode(value), 0)
+    assert math.isnan(decoded["d"]) and decoded["f"] == infinity
     assert decoded["b"] == b"\x00\xff" and decoded["l"] == 2**63 - 1 and decoded["matrix"] == [[-(2**63)], []]
-    assert everything_native.encode(value, b"\x00\x01") == b"\x00\x01" + everything_native.encode(value)
+
+
+def test_absent_fields_take_their_defaults(everything: Any) -> None:
+    value = {"s": "", "b": b"", "i": 0, "flag": True, "d": 0.0, "f": None, "matrix": [], "inner": None}
+    data = everything.encode(value)
+    assert data == fastavro_bytes(everything_parsed, value)
+    decoded, _ = everything.decode(data, 0)
+    assert decoded["l"] is None and decoded["tags"] == []
+
+
+def test_blocks_with_byte_counts_are_read(everything: Any) -> None:
+    """Java writers may emit array blocks as (-count, byte size); a reader must accept them."""
+    value = {"s": "a", "b": b"", "i": 1, "flag": True, "d": 0.0, "matrix": [], "tags": ["x", None], "inner": None}
+    plain = everything.encode(value)
+    tags_at = plain.index(b"\x04\x02\x02x\x00\x00")  # count 2, "x", null, end
+    blocked = plain[:tags_at] + b"\x03\x08" + plain[tags_at + 1:]  # count -2, 4 bytes
+    assert everything.decode(blocked, 0)[0] == everything.decode(plain, 0)[0]
+
+
+def test_native_encode_writes_the_prefix_first() -> None:
+    require_native()
+    program = native.build(EVERYTHING)
+    assert program is not None
+    value = {"s": "", "b": b"", "i": 0, "flag": True, "d": 0.0, "matrix": [], "inner": None}
+    assert program.encode(value, b"\x00\x01") == b"\x00\x01" + program.encode(value)
 
 
 def test_schemas_the_engine_leaves_to_others() -> None:

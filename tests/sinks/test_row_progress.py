@@ -11,13 +11,13 @@ import orjson
 import pytest
 
 from sinks.checkpoint import OffsetTracker
+from sinks.commit_metadata import combine
 from sinks.reemission import Mark, decode_marks, marks_fields
 from sinks.request_builder import Request, RequestBuilder, split_request
 from sinks.row_progress import (
     MAX_ENTRIES,
     SavedProgress,
     add_range,
-    combine,
     decode_progress,
     missing,
     progress_fields,

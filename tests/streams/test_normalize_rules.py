@@ -253,6 +253,18 @@ def test_bad_events_go_to_the_dead_letter_with_a_reason_and_the_rest_survive() -
     assert rejected[1][1].startswith("UserData is not well-formed XML")
 
 
+def test_origin_ids_given_with_a_batch_are_the_rows_ids_and_must_match_its_length() -> None:
+    events = [logon(), logon(event_record_id=7)]
+    ids = [event_origin_id(e) for e in events]
+    rows, rejected = normalize_batch(events, origin_ids=ids)
+    assert not rejected and [row["EventOriginId"] for row in rows] == ids
+    # The ids are taken as given, not hashed again.
+    rows, _ = normalize_batch(events, origin_ids=["a-given-id", "another"])
+    assert [row["EventOriginId"] for row in rows] == ["a-given-id", "another"]
+    with pytest.raises(ValueError, match="origin ids"):
+        normalize_batch(events, origin_ids=ids[:1])
+
+
 def test_an_unknown_flavour_is_refused() -> None:
     with pytest.raises(ValueError, match="flavour"):
         normalize_batch([logon()], flavour="winlogbeat")
