@@ -4,7 +4,8 @@ Reads every EVTX record of ``shared/corpus/dev`` through the producers' own read
 Application, Sysmon...), groups them into per-host batches of 500 as the stage receives them, and times:
 
 * filter only (``RuleSet.filter_batch``) for the Common event set and for an XPath rule without the EventID fast path;
-* normalise only (``normalize_batch``), AMA and MMA flavour;
+* normalise only (``normalize_batch``), AMA and MMA flavour, with the C row builder when it is built and enabled
+  (``SECSTREAM_NATIVE_NORMALIZE``) and, for comparison, the Python reference;
 * filter + normalise, which is the per-event work of the stream stage apart from dedup and Avro.
 
 Each case runs repeated passes for ``--seconds`` and keeps the best pass (least disturbed by other processes).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import timeit
@@ -28,7 +30,7 @@ from typing import Any
 from producers.adapters.sources import discover
 from secstream.config import RuleSettings
 from streams.filtering import RuleSet
-from streams.normalize import normalize_batch
+from streams.normalize import native_enabled, normalize_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus" / "dev"
@@ -109,12 +111,12 @@ def main() -> None:
         return work
 
     def normalised(flavour: str, source: list[tuple[str, list[dict[str, Any]]]],
-                   rules: RuleSet | None = None) -> Callable[[], int]:
+                   rules: RuleSet | None = None, native: bool | None = None) -> Callable[[], int]:
         def work() -> int:
             rows = 0
             for host, batch in source:
                 kept = rules.filter_batch(host, batch) if rules is not None else batch
-                rows += len(normalize_batch(kept, flavour=flavour)[0])
+                rows += len(normalize_batch(kept, flavour=flavour, native=native)[0])
             return rows
         return work
 
@@ -128,8 +130,11 @@ def main() -> None:
         "filter Common": (filtered(common, batches), n),
         "filter XPath (predicate, no EventID fast path)": (filtered(xpath, batches), n),
         "normalise AMA, every event": (normalised("ama", batches), n),
+        "normalise AMA, every event, Python reference": (normalised("ama", batches, native=False), n),
         "normalise MMA, every event": (normalised("mma", batches), n),
         "normalise AMA, Security events only": (normalised("ama", security_batches), len(security)),
+        "normalise AMA, Security events only, Python reference": (
+            normalised("ama", security_batches, native=False), len(security)),
         "filter All + normalise AMA": (normalised("ama", batches, every), n),
         "filter Common + normalise AMA": (normalised("ama", batches, common), n),
         "filter XPath + normalise AMA": (normalised("ama", batches, xpath), n),
@@ -137,6 +142,7 @@ def main() -> None:
     kept = {name: work() for name, (work, _) in cases.items()}
     calibration_us = calibrate()
     results: dict[str, Any] = {
+        "native_normalize": native_enabled(), "load_average": os.getloadavg(),
         "events": n, "security_events": len(security), "batches": len(batches), "batch_size": args.batch,
         "python": platform.python_version(), "machine": platform.machine(),
         "sum_range_100_us": round(calibration_us, 2), "cases": {},
@@ -163,7 +169,9 @@ def main() -> None:
               f"{figures['cpu_vs_reference']:>6} {kept[name]:>6}")
     print(f"sum(range(100)) after: {calibration_after:.2f} µs")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    results["load_average_after"] = os.getloadavg()
     RESULTS.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"load average before {results['load_average']}, after {results['load_average_after']}")
     print(f"-> {RESULTS.relative_to(ROOT)}")
 
 

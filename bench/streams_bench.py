@@ -348,6 +348,31 @@ def dedup_memory(n_events: int, hosts: int = 2000, keep: float = 0.7, seed: int 
             "admit_events_per_s": round(admitted / seconds)}
 
 
+# ------------------------------------------------------------------------------------------- instruction counts
+def one_pass(n_events: int) -> None:
+    """A warm-up pass, then exactly one pass inside ``functools.reduce``: callgrind collects only that one."""
+    import functools
+    import gc
+
+    batches = make_input(n_events, 40, 0.05)
+    values = [encode_raw_batch(b) for b in batches]
+    processor = BatchProcessor(rules(Settings()))
+
+    def run(_: Any = None, __: Any = None) -> int:
+        dedupers = [Deduper() for _ in range(PARTITIONS)]
+        rows = 0
+        for batch, value in zip(batches, values, strict=True):
+            deduper = dedupers[hash(batch["host"]) % PARTITIONS]
+            rows += processor.process(value, None, deduper, "bench").rows
+            deduper.delta()
+        return rows
+
+    rows = run()
+    gc.collect()
+    functools.reduce(run, [0], 0)
+    print(json.dumps({"events": sum(len(b["events"]) for b in batches), "rows": rows}))
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -357,9 +382,16 @@ def main() -> None:
     ap.add_argument("--dedup-events", type=int, default=10_000_000)
     ap.add_argument("--py-spy", action="store_true", help="sample the Faust worker with py-spy (pip install py-spy)")
     ap.add_argument("--dedup-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one-pass", type=int, default=0, metavar="EVENTS",
+                    help="no Kafka: one warm-up pass and one measured pass of BatchProcessor.process over EVENTS "
+                         "events of 40 hosts, the measured one inside functools.reduce (for valgrind "
+                         "--tool=callgrind --toggle-collect=functools_reduce)")
     args = ap.parse_args()
     if args.dedup_only:  # run in a fresh interpreter so its RSS growth is the state's
         print(json.dumps(dedup_memory(args.dedup_events)))
+        return
+    if args.one_pass:
+        one_pass(args.one_pass)
         return
 
     result: dict[str, Any] = {"load_average": os.getloadavg()}

@@ -24,6 +24,7 @@ Order of writes, which is what makes dedup safe across restarts and partition mo
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -197,6 +198,10 @@ class StreamStage:
         for partition in set(self.dedupers) - mine:
             del self.dedupers[partition]
         self.state.ready = True
+        if not self.assigned_once:
+            # Start-up is over: what exists now (modules, Faust, clients) lives as long as the worker. Frozen, it
+            # is no longer traversed by every full collection that the per-batch allocations trigger.
+            gc.freeze()
         self.assigned_once = True
         self.state.detail = f"running ({len(mine)} partitions)"
 

@@ -19,7 +19,9 @@ int/datetime -> null), as the SecurityEvent Avro schema and the sink expect.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +32,7 @@ from typing import Any, Literal
 from lxml import etree
 
 from schemas.catalog import DATA_DIR, activity
-from streams.identity import event_origin_id
+from streams.identity import EVENT_IDENTITY_NAMESPACE, content_fingerprint, event_origin_id
 
 Flavour = Literal["ama", "mma"]
 FLAVOURS: tuple[str, ...] = ("ama", "mma")
@@ -631,10 +633,20 @@ def _keywords_int(keywords: str | None) -> int:
 
 
 def normalize_event(
-    raw_event: Mapping[str, Any], *, flavour: str = "ama", context: NormalizeContext = DEFAULT_CONTEXT
+    raw_event: Mapping[str, Any], *, flavour: str = "ama", context: NormalizeContext = DEFAULT_CONTEXT,
+    native: bool | None = None,
 ) -> dict[str, Any]:
-    """One RawEvent dict -> one SecurityEvent row (only non-empty columns). Raises NormalizeError."""
-    return _normalize(raw_event, _plans(flavour), flavour, context)
+    """One RawEvent dict -> one SecurityEvent row (only non-empty columns). Raises NormalizeError.
+
+    ``native``: None uses the C extension when it is built and enabled (:func:`native_enabled`), False the Python
+    code, True requires the extension. Both give the same rows.
+    """
+    plans = _plans(flavour)
+    if _use_native(native, context):
+        row = _native_rows([raw_event], flavour, context, None)[0][0]
+        if row is not None:
+            return row
+    return _normalize(raw_event, plans, flavour, context)
 
 
 def _normalize(raw_event: Mapping[str, Any], plans: dict[int, _Plan], flavour: str,
@@ -756,27 +768,135 @@ def normalize_batch(
     flavour: str = "ama",
     context: NormalizeContext = DEFAULT_CONTEXT,
     origin_ids: Sequence[str] | None = None,
+    native: bool | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[Mapping[str, Any], str]]]:
     """Normalise a batch: (rows, [(event, reason), ...] for events that cannot become a row -> dead letter).
 
     ``origin_ids``, when the caller already has them (one per event, ``event_origin_id``), saves hashing each
     event again. An unknown ``flavour`` is a programming/configuration error and raises ValueError for the whole
-    batch.
+    batch. ``native`` as for :func:`normalize_event`.
     """
     plans = _plans(flavour)
-    rows: list[dict[str, Any]] = []
-    rejected: list[tuple[Mapping[str, Any], str]] = []
-    append = rows.append
     if origin_ids is not None:
         raw_events = list(raw_events)
         if len(origin_ids) != len(raw_events):
             raise ValueError(f"{len(origin_ids)} origin ids for {len(raw_events)} events")
-    ids: Iterable[str | None] = repeat(None) if origin_ids is None else origin_ids  # lengths checked above
+    rows: list[dict[str, Any]] = []
+    rejected: list[tuple[Mapping[str, Any], str]] = []
+    if _use_native(native, context):
+        events = raw_events if type(raw_events) is list else list(raw_events)
+        built, fallbacks = _native_rows(events, flavour, context, origin_ids)
+        if not fallbacks:
+            return built, rejected
+        # Events outside the extension's common shape: the Python code, in place, with its own errors.
+        ids: Iterable[str | None] = repeat(None) if origin_ids is None else origin_ids
+        for raw_event, row, origin_id in zip(events, built, ids, strict=False):
+            if row is not None:
+                rows.append(row)
+            else:
+                _normalize_into(rows, rejected, raw_event, plans, flavour, context, origin_id)
+        return rows, rejected
+    ids = repeat(None) if origin_ids is None else origin_ids  # lengths checked above
     for raw_event, origin_id in zip(raw_events, ids, strict=False):
-        try:
-            append(_normalize(raw_event, plans, flavour, context, origin_id))
-        except NormalizeError as exc:
-            rejected.append((raw_event, str(exc)))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            rejected.append((raw_event, f"malformed event: {exc.__class__.__name__}: {exc}"))
+        _normalize_into(rows, rejected, raw_event, plans, flavour, context, origin_id)
     return rows, rejected
+
+
+def _normalize_into(rows: list[dict[str, Any]], rejected: list[tuple[Mapping[str, Any], str]],
+                    raw_event: Mapping[str, Any], plans: dict[int, _Plan], flavour: str, context: NormalizeContext,
+                    origin_id: str | None) -> None:
+    try:
+        rows.append(_normalize(raw_event, plans, flavour, context, origin_id))
+    except NormalizeError as exc:
+        rejected.append((raw_event, str(exc)))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        rejected.append((raw_event, f"malformed event: {exc.__class__.__name__}: {exc}"))
+
+
+# ------------------------------------------------------------------------------------------------- native rows
+# ``streams._normalize`` (C, built optionally like the Avro codec) builds the rows of the common events from the
+# same plans and layouts, as tuples; for anything else it answers None and the Python code above runs.
+
+NATIVE_ENV = "SECSTREAM_NATIVE_NORMALIZE"  # "0": the Python code even when the extension is built
+try:
+    from streams import _normalize as _native  # type: ignore[attr-defined]
+except ImportError as exc:  # no compiler at install time: the Python code does everything
+    _native = None
+    NATIVE_IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
+else:
+    NATIVE_IMPORT_ERROR = None
+
+_ACCOUNT_MODES = {"auto": 0, "target": 1, "none": 2}
+# Per flavour: EventID -> (activity, parse, keep_event_data, account mode, account_type), and names -> layout.
+_NATIVE_PLANS: dict[str, dict[int, tuple[str, bool, bool, int, bool]]] = {flavour: {} for flavour in FLAVOURS}
+_NATIVE_LAYOUTS: dict[tuple[str | None, ...], tuple[Any, ...]] = {}
+
+
+def native_available() -> bool:
+    """True when the C extension is importable (whatever ``SECSTREAM_NATIVE_NORMALIZE`` says)."""
+    return _native is not None
+
+
+def native_enabled() -> bool:
+    """True when rows are built by the C extension: it is importable and ``SECSTREAM_NATIVE_NORMALIZE`` is not 0."""
+    return _native is not None and os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no")
+
+
+def _use_native(native: bool | None, context: NormalizeContext) -> bool:
+    if native is None:
+        native = native_enabled()
+    elif native and _native is None:
+        raise RuntimeError(f"streams._normalize is not available: {NATIVE_IMPORT_ERROR}")
+    return native and type(context.mg) is str and type(context.management_group_name) is str
+
+
+def _native_plan(ama: bool, event_id: int) -> tuple[str, bool, bool, int, bool]:
+    flavour = "ama" if ama else "mma"
+    plan = plan_for(flavour, event_id)
+    native = (plan.activity, plan.parse, plan.keep_event_data, _ACCOUNT_MODES[plan.account], plan.account_type)
+    plans = _NATIVE_PLANS[flavour]
+    if len(plans) < 70_000:
+        plans[event_id] = native
+    return native
+
+
+def _native_layout(names: tuple[str | None, ...]) -> tuple[Any, ...]:
+    layout = _layout(names)
+    # Interned column names: the Avro encoder finds interned keys by identity.
+    native = (tuple((position, sys.intern(column)) for position, column in layout.plain),
+              tuple((position, sys.intern(column), kind) for position, column, kind in layout.typed),
+              layout.heads, layout.by_position, layout.derive)
+    if len(_NATIVE_LAYOUTS) < 10_000:
+        _NATIVE_LAYOUTS[names] = native
+    return native
+
+
+def _native_rows(events: list[Any], flavour: str, context: NormalizeContext,
+                 origin_ids: Sequence[str] | None) -> tuple[list[Any], int]:
+    assert _native is not None
+    ids = None if origin_ids is None else list(origin_ids)
+    rows, fallbacks = _native.rows(events, flavour == "ama", _NATIVE_PLANS[flavour], context.mg,
+                                   context.management_group_name, ids)
+    return rows, fallbacks
+
+
+def _configure_native() -> None:
+    """Hand the tables and cache callbacks to the extension (once at import; again if a test reconfigured it)."""
+    assert _native is not None
+    _native.configure(
+        fingerprint=content_fingerprint, plan_factory=_native_plan, layouts=_NATIVE_LAYOUTS,
+        layout_factory=_native_layout,
+        guid_cache=_guid_cache, guid_func=_cached_guid, keywords_cache=_keywords_cache, keywords_func=_keywords_int,
+        level_text=tuple(_LEVEL_TEXT[n] for n in range(256)),
+        level_names=tuple(EVENT_LEVEL_NAMES[n] for n in range(len(EVENT_LEVEL_NAMES))),
+        logon_type_names=_LOGON_TYPE_NAME, machine_sids=MACHINE_SIDS, machine_names=MACHINE_ACCOUNT_NAMES,
+        mma_levels=(*(MMA_LEVEL_BY_LEVEL[n] for n in range(6)), MMA_LEVEL_AUDIT_SUCCESS, MMA_LEVEL_AUDIT_FAILURE,
+                    "4"),
+        source_system=SOURCE_SYSTEM, not_available="N/A", machine="Machine", user="User",
+        xml_open=EVENT_DATA_OPEN, xml_close=EVENT_DATA_CLOSE, data_close=_DATA_CLOSE,
+        namespace=EVENT_IDENTITY_NAMESPACE.bytes,
+    )
+
+
+if _native is not None:
+    _configure_native()

@@ -18,6 +18,8 @@ import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import eq
 from typing import Any
 
 from schemas.codec import DecodeError, decode_raw_batch, encode_raw_batch, encode_security_batch
@@ -132,10 +134,10 @@ class BatchProcessor:
                 rejected.extend(refused)
             return rows, rejected
 
-    def _filter(self, host: str, events: Sequence[Mapping[str, Any]]) -> list[Any]:
+    def _filter(self, host: str, events: Sequence[dict[str, Any]]) -> list[Any]:
         # A batch is one host's, but a forwarding host (WEF collector) may carry other computers' events:
         # each event is judged by the rule of its own Computer.
-        if all(ev.get("computer") == host for ev in events):
+        if all(map(eq, map(dict.get, events, repeat("computer")), repeat(host))):  # C-level loop: per event
             return self.rules.filter_batch(host, events)
         by_computer: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for ev in events:

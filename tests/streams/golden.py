@@ -300,10 +300,10 @@ def compare_file(file: str, result: GoldenResult,
                 result.mismatches.append((file, line_no, event_id, column, want, got))
 
 
-def run_golden() -> GoldenResult:
+def run_golden(normalise: Callable[..., dict[str, Any]] = normalize_event) -> GoldenResult:
     result = GoldenResult()
     for file in FILES:
-        compare_file(file, result)
+        compare_file(file, result, normalise)
     return result
 
 

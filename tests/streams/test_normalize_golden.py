@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 
-from streams.normalize import normalize_event
+from streams.normalize import native_available, normalize_event
 from tests.streams.golden import (
     EXCEPTIONS,
     FILES,
@@ -19,9 +20,12 @@ from tests.streams.golden import (
 )
 
 
-@pytest.fixture(scope="module")
-def golden() -> GoldenResult:
-    return run_golden()
+@pytest.fixture(scope="module", params=["python", "native"])
+def golden(request: pytest.FixtureRequest) -> GoldenResult:
+    """Every golden check runs on both normalisers: the Python reference and the C extension."""
+    if request.param == "native" and not native_available():
+        pytest.skip("streams._normalize is not built")
+    return run_golden(functools.partial(normalize_event, native=request.param == "native"))
 
 
 def test_every_golden_row_matches_column_by_column(golden: GoldenResult) -> None:
