@@ -7,11 +7,17 @@ thread, so every figure is one core's worth. The embedded broker runs as its own
 Cases, each the best of ``--repeat`` passes:
 
 * ``bare_parse``: ``PyEvtxParser(path).records()`` only (Rust parse + XML rendering) - the ceiling;
-* ``parse_to_raw_event``: the producer's reader (XML -> RawEvent dicts, full-precision time);
+* ``parse_to_avro``: the producer's EVTX reader as the producer uses it: records straight to RawEvents in Avro, a
+  chunk at a time (``producers._evtxrender.encode_records``; no dict per event);
+* ``parse_to_raw_event``: the dict reader (XML -> RawEvent dicts, full-precision time), the path taken with
+  ``SECSTREAM_NATIVE_EVTX=0`` semantics but with the C dict mapping on;
 * ``parse_to_raw_event_python``: the same with the C record mapping (``producers._evtxrender``) switched off;
-* ``parse_batch_encode``: the above plus per-host batching and Avro encoding (no network);
+* ``parse_batch_encode``: ``parse_to_avro`` plus per-host batching and the RawEventBatch messages (no network);
+* ``parse_batch_encode_dicts``: the same through RawEvent dicts, ``Batcher`` and ``schemas.codec`` (the reference
+  path);
 * ``evtx_to_kafka``: ``ProducerStage`` end to end, until the broker has acknowledged every batch
   (zstd, the default; idempotent, acks=all), checkpoints included;
+* ``evtx_to_kafka_dicts``: the same with the encoded path off (RawEvent dicts, the previous producer);
 * ``evtx_to_kafka_lz4`` / ``evtx_to_kafka_none``: the same with ``producer.compression`` lz4 / none (librdkafka
   compresses in its own thread, but in this process: its CPU counts).
 
@@ -30,15 +36,18 @@ import tempfile
 import time
 import timeit
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import evtx
 
+from producers import encoded
 from producers.adapters import event_xml
 from producers.adapters import sources as sources_module
 from producers.adapters.sources import discover
-from producers.batching import Batcher
+from producers.batching import Batcher, EncodedBatcher
 from producers.cli import kafka_sink_factory
 from producers.stage import ProducerStage
 from schemas.codec import encode_raw_batch
@@ -111,7 +120,29 @@ def to_raw_events_python(paths: list[Path]) -> int:
         event_xml.native_from_record, event_xml._native_parse = native
 
 
+def to_avro(paths: list[Path]) -> int:
+    n = 0
+    for source in discover(paths):
+        for chunk, _ in source.read_encoded(None):
+            n += len(chunk)
+    return n
+
+
 def batch_and_encode(paths: list[Path]) -> int:
+    batcher = EncodedBatcher(max_events=1000)
+    n = 0
+    for source in discover(paths):
+        for chunk, _ in source.read_encoded(None):
+            for batch in batcher.add_chunk(chunk):
+                n += batch.event_count
+                batch.encode("bench")
+    for batch in batcher.drain():
+        n += batch.event_count
+        batch.encode("bench")
+    return n
+
+
+def batch_and_encode_dicts(paths: list[Path]) -> int:
     batcher = Batcher(max_events=1000)
     n = 0
     for source in discover(paths):
@@ -125,8 +156,25 @@ def batch_and_encode(paths: list[Path]) -> int:
     return n
 
 
-def to_kafka(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path, compression: str = "zstd") -> int:
-    name = f"{run}-{compression}"
+@contextmanager
+def dict_path() -> Iterator[None]:
+    """The producer as before the encoded path: ``encoded.available()`` answers False."""
+    native = encoded._NATIVE
+    encoded._NATIVE = None
+    try:
+        yield
+    finally:
+        encoded._NATIVE = native
+
+
+def to_kafka_dicts(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path) -> int:
+    with dict_path():
+        return to_kafka(paths, broker, run, workdir, "zstd", "-dicts")
+
+
+def to_kafka(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path, compression: str = "zstd",
+             suffix: str = "") -> int:
+    name = f"{run}-{compression}{suffix}"
     settings = Settings(
         kafka={"bootstrap_servers": broker.bootstrap},
         topics={"raw": f"bench-raw-{name}", "dead_letter": f"bench-dlq-{name}", "raw_partitions": 3},
@@ -137,6 +185,7 @@ def to_kafka(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path,
         stage = ProducerStage(settings, discover(paths), kafka_sink_factory(settings))
         run_stage(stage)
         assert stage.events_delivered == stage.events_read
+        assert stage.encoded == (encoded._NATIVE is not None)
         return stage.events_delivered
     finally:
         delete_topics(settings, [settings.topics.raw, settings.topics.dead_letter])
@@ -175,18 +224,25 @@ def main() -> None:
                                               / 10_000 * 1e6, 2)},
         "input": {"files": [str(p.relative_to(CORPUS)) for p in FILES], "file_reads": len(paths)},
         "native_evtx_mapping": event_xml.native_from_record is not None,
+        "native_evtx_encoding": encoded.available(),
     }
+    if not encoded.available():
+        raise SystemExit("producers._evtxrender is not built or is turned off: nothing to compare")
     cases: dict[str, list[dict[str, float]]] = {k: [] for k in
-                                                ("bare_parse", "parse_to_raw_event", "parse_to_raw_event_python",
-                                                 "parse_batch_encode",
-                                                 "evtx_to_kafka", "evtx_to_kafka_lz4", "evtx_to_kafka_none")}
+                                                ("bare_parse", "parse_to_avro", "parse_to_raw_event",
+                                                 "parse_to_raw_event_python", "parse_batch_encode",
+                                                 "parse_batch_encode_dicts", "evtx_to_kafka", "evtx_to_kafka_dicts",
+                                                 "evtx_to_kafka_lz4", "evtx_to_kafka_none")}
     try:
         for run in range(args.repeat):
             cases["bare_parse"].append(timed(bare_parse, paths))
+            cases["parse_to_avro"].append(timed(to_avro, paths))
             cases["parse_to_raw_event"].append(timed(to_raw_events, paths))
             cases["parse_to_raw_event_python"].append(timed(to_raw_events_python, paths))
             cases["parse_batch_encode"].append(timed(batch_and_encode, paths))
+            cases["parse_batch_encode_dicts"].append(timed(batch_and_encode_dicts, paths))
             cases["evtx_to_kafka"].append(timed(to_kafka, paths, broker, run, workdir))
+            cases["evtx_to_kafka_dicts"].append(timed(to_kafka_dicts, paths, broker, run, workdir))
             cases["evtx_to_kafka_lz4"].append(timed(to_kafka, paths, broker, run, workdir, "lz4"))
             cases["evtx_to_kafka_none"].append(timed(to_kafka, paths, broker, run, workdir, "none"))
     finally:

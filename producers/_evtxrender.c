@@ -1,4 +1,4 @@
-/* The `evtx` parser's XML rendering of one record -> RawEvent dict, in C.
+/* The `evtx` parser's XML rendering of one record -> RawEvent dict, or straight to its Avro encoding, in C.
 
    Covers exactly the shape producers/adapters/event_xml.py calls "the evtx parser's own rendering": the prologue,
    the System block with the renderer's whitespace, then flat <Data> elements (+ <Binary>), a plain UserData
@@ -9,6 +9,8 @@
 
    parse(xml: str, provenance: dict, record_time: int | None) -> dict | None
    from_record(record: dict, provenance: dict) -> dict | None  (one PyEvtxParser record)
+   encode_records(records, caught, provenance: bytes, limit, skip) -> a chunk of records as RawEvents in Avro
+   (the bytes `schemas.codec` writes for what from_record returns; see encode_records below)
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -59,9 +61,13 @@ static int literal(Cursor *c, const char *text, Py_ssize_t n)
 static Span until_markup(Cursor *c, int stop_at_quote)
 {
     Span span = {c->p, 0, 1};
-    while (c->p < c->end && *c->p != '<' &&
-           !(stop_at_quote && (*c->p == '"' || *c->p == '\t' || *c->p == '\r' || *c->p == '\n')))
-        c->p++;
+    if (!stop_at_quote) {  /* text, most of a record's bytes: memchr is vectorised */
+        const char *lt = memchr(c->p, '<', (size_t)(c->end - c->p));
+        c->p = lt != NULL ? lt : c->end;
+    } else {
+        while (c->p < c->end && *c->p != '<' && *c->p != '"' && *c->p != '\t' && *c->p != '\r' && *c->p != '\n')
+            c->p++;
+    }
     span.n = c->p - span.s;
     return span;
 }
@@ -301,9 +307,59 @@ static int ascii_space(char ch)
     return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\f' || ch == '\v';
 }
 
+
+/* One <Data> element: its Name attribute (absent: null) and its text. */
+typedef struct {
+    Span name, value;
+} Item;
+
+/* The <Data> elements of one record: in place for the usual few dozen, on the heap beyond. */
+#define LOCAL_ITEMS 48
+typedef struct {
+    Item *v;
+    Py_ssize_t n, cap;
+    Item local[LOCAL_ITEMS];
+} Items;
+
+static void items_init(Items *items)
+{
+    items->v = items->local;
+    items->n = 0;
+    items->cap = LOCAL_ITEMS;
+}
+
+static void items_free(Items *items)
+{
+    if (items->v != items->local)
+        PyMem_Free(items->v);
+    items_init(items);
+}
+
+static int items_push(Items *items, Span name, Span value)
+{
+    if (items->n == items->cap) {
+        Py_ssize_t cap = items->cap * 2;
+        Item *grown = PyMem_Malloc(sizeof(Item) * (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(grown, items->v, sizeof(Item) * (size_t)items->n);
+        if (items->v != items->local)
+            PyMem_Free(items->v);
+        items->v = grown;
+        items->cap = cap;
+    }
+    items->v[items->n].name = name;
+    items->v[items->n].value = value;
+    items->n++;
+    return 0;
+}
+
 /* The body of <EventData>: flat `<Data>text</Data>` / `<Data Name="n">text</Data>` elements (text between them is
-   layout), optionally a last <Binary> (not carried). Py_None (new reference) when the body has another shape. */
-static PyObject *data_items(const char *p, const char *end)
+   layout), optionally a last <Binary> (not carried). 1 with `items` filled, 0 when the body has another shape,
+   -1 on error. */
+static int read_data_items(const char *p, const char *end, Items *items)
 {
     const char *q = end;
     while (q > p && ascii_space(q[-1]))
@@ -315,48 +371,32 @@ static PyObject *data_items(const char *p, const char *end)
         while (open > p && open[-1] != '<')
             open--;
         if (open == p)
-            goto other_shape;
+            return 0;
         open--;
         if (q - LEN("</Binary>") - open < LEN("<Binary>") || memcmp(open, "<Binary>", LEN("<Binary>")))
-            goto other_shape;
+            return 0;
         end = open;
     }
-    PyObject *items = PyList_New(0);
-    if (items == NULL)
-        return NULL;
     Cursor c = {p, end};
     while (1) {
         const char *lt = memchr(c.p, '<', (size_t)(c.end - c.p));
         if (lt == NULL)
-            return items;
+            return 1;
         c.p = lt;
         Span name = {NULL, 0, 0};
         if (!LIT(&c, "<Data>")) {
             if (!LIT(&c, "<Data Name=\""))
-                goto other_shape_items;
+                return 0;
             name = until_markup(&c, 1);
             if (!LIT(&c, "\">"))
-                goto other_shape_items;
+                return 0;
         }
         Span value = until_markup(&c, 0);
         if (!LIT(&c, "</Data>"))
-            goto other_shape_items;
-        PyObject *item = PyDict_Copy(item_template);
-        if (item == NULL || set_item(item, k_name, text_or_none(name)) < 0 ||
-            set_item(item, k_value, text(value)) < 0 || PyList_Append(items, item) < 0) {
-            Py_XDECREF(item);
-            Py_DECREF(items);
-            return NULL;
-        }
-        Py_DECREF(item);
-        continue;
-    other_shape_items:
-        Py_DECREF(items);
-        goto other_shape;
+            return 0;
+        if (items_push(items, name, value) < 0)
+            return -1;
     }
-other_shape:
-    Py_INCREF(Py_None);
-    return Py_None;
 }
 
 static const char USER_DATA_OPEN[] = "  <UserData>";
@@ -365,9 +405,11 @@ static const char USER_DATA_WITH_NS[] = "<UserData xmlns=\"http://schemas.micros
 
 static int find(const char *p, const char *end, const char *needle, Py_ssize_t n)
 {
-    for (; end - p >= n; p++)
-        if (*p == needle[0] && memcmp(p, needle, (size_t)n) == 0)
+    while (end - p >= n && (p = memchr(p, needle[0], (size_t)(end - p - n + 1))) != NULL) {
+        if (memcmp(p, needle, (size_t)n) == 0)
             return 1;
+        p++;
+    }
     return 0;
 }
 
@@ -377,21 +419,55 @@ static int name_char(char ch)
            ch == '.' || ch == ':' || ch == '-';
 }
 
-/* An absolute http(s) namespace URI of plain characters, which libxml2 takes without a namespace warning. */
+static int name_start(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || ch == '_';
+}
+
+static int alphanumeric(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9');
+}
+
+/* A namespace URI of plain characters that libxml2 takes as it is: an absolute http(s) URI with a host and no port
+   (it refuses e.g. the empty port of "http://http://…"), or a relative one like "LoadPerf" (a warning only).
+   Either way: after the scheme, letters, digits, "_.-/" only, starting with a letter or digit, no other ':'. */
 static int plain_namespace(const char *p, const char *end)
 {
     Py_ssize_t n = end - p;
-    if (!((n > 7 && memcmp(p, "http://", 7) == 0) || (n > 8 && memcmp(p, "https://", 8) == 0)))
+    if (n > 7 && memcmp(p, "http://", 7) == 0)
+        p += 7;
+    else if (n > 8 && memcmp(p, "https://", 8) == 0)
+        p += 8;
+    if (p >= end || !alphanumeric(*p))
         return 0;
     for (; p < end; p++)
-        if (!(name_char(*p) || *p == '/'))
+        if (*p == ':' || !(name_char(*p) || *p == '/'))
             return 0;
     return 1;
 }
 
+/* Whether the attribute name `attribute` (up to `end`) declares a namespace: 1 for xmlns, 2 for xmlns:prefix,
+   0 for an ordinary unprefixed attribute, -1 for anything else (prefixed attributes: lxml's namespace rules). */
+static int namespace_declaration(const char *attribute, const char *end)
+{
+    Py_ssize_t n = end - attribute;
+    const char *colon = memchr(attribute, ':', (size_t)n);
+    if (colon == NULL)
+        return n == 5 && memcmp(attribute, "xmlns", 5) == 0;
+    const char *prefix = colon + 1;
+    if (colon != attribute + 5 || memcmp(attribute, "xmlns", 5) != 0 || prefix == end || !name_start(*prefix) ||
+        memchr(prefix, ':', (size_t)(end - prefix)) != NULL ||
+        (end - prefix >= 3 && (prefix[0] | 0x20) == 'x' && (prefix[1] | 0x20) == 'm' && (prefix[2] | 0x20) == 'l'))
+        return -1;
+    return 2;
+}
+
 /* True when lxml would write the UserData element back exactly as it is (event_xml._user_data_as_lxml_writes_it):
-   only plain tags (ASCII names, double-quoted attributes without <>&, tab, CR or LF, no space before > or />),
-   balanced, no empty <a></a> (lxml writes <a/>), no '>' or CR in text. */
+   only plain tags (ASCII names, double-quoted attributes without <>&, tab, CR or LF, no space before > or />,
+   namespace declarations before the other attributes, as lxml writes them, no attribute twice), balanced, no '>'
+   or CR in text. (An empty <a></a> is fine: user_data_lxml_form writes it as lxml does, <a/>.) */
+#define MAX_ATTRIBUTES 16
 static int user_data_is_plain(const char *p, const char *end)
 {
     const char *open_names[64];
@@ -411,7 +487,7 @@ static int user_data_is_plain(const char *p, const char *end)
         while (p < end && name_char(*p))
             p++;
         Py_ssize_t name_length = p - name;
-        if (name_length == 0 || memchr(name, ':', (size_t)name_length) != NULL)
+        if (name_length == 0 || !name_start(*name) || memchr(name, ':', (size_t)name_length) != NULL)
             return 0;
         if (closing) {
             if (p >= end || *p != '>' || depth == 0 || open_lengths[depth - 1] != name_length ||
@@ -421,23 +497,34 @@ static int user_data_is_plain(const char *p, const char *end)
             p++;
             continue;
         }
+        const char *attributes[MAX_ATTRIBUTES];
+        Py_ssize_t attribute_lengths[MAX_ATTRIBUTES];
+        int count = 0, ordinary_seen = 0;
         while (p < end && *p == ' ') {
             p++;
             const char *attribute = p;
             while (p < end && name_char(*p))
                 p++;
-            if (p == attribute || end - p < 2 || p[0] != '=' || p[1] != '"')
+            Py_ssize_t attribute_length = p - attribute;
+            if (attribute_length == 0 || !name_start(*attribute) || end - p < 2 || p[0] != '=' || p[1] != '"')
                 return 0;
-            if (memchr(attribute, ':', (size_t)(p - attribute)) != NULL)
-                return 0;  /* prefixed attributes and namespace prefixes: lxml's namespace rules apply */
-            int is_namespace = p - attribute == 5 && memcmp(attribute, "xmlns", 5) == 0;
+            int declaration = namespace_declaration(attribute, p);
+            if (declaration < 0 || (declaration && ordinary_seen) || count == MAX_ATTRIBUTES)
+                return 0;
+            ordinary_seen |= !declaration;
+            for (int i = 0; i < count; i++)
+                if (attribute_lengths[i] == attribute_length &&
+                    memcmp(attributes[i], attribute, (size_t)attribute_length) == 0)
+                    return 0;  /* an attribute twice: not well-formed */
+            attributes[count] = attribute;
+            attribute_lengths[count++] = attribute_length;
             p += 2;
             const char *value = p;
             while (p < end && *p != '"' && *p != '<' && *p != '>' && *p != '\t' && *p != '\n' && *p != '\r')
                 p++;
             if (p >= end || *p != '"')
                 return 0;
-            if (is_namespace && !plain_namespace(value, p))
+            if (declaration && !plain_namespace(value, p))
                 return 0;
             p++;
         }
@@ -450,8 +537,6 @@ static int user_data_is_plain(const char *p, const char *end)
         if (p >= end || *p != '>' || depth == 64)
             return 0;
         p++;
-        if (end - p >= 2 && p[0] == '<' && p[1] == '/')
-            return 0;  /* an empty element: lxml would write it as <a/> */
         open_names[depth] = name;
         open_lengths[depth] = name_length;
         depth++;
@@ -459,16 +544,49 @@ static int user_data_is_plain(const char *p, const char *end)
     return depth == 0;
 }
 
-/* "<UserData>…" -> "<UserData xmlns=\"…/event\">…": the namespace it inherits from <Event>, as lxml writes it. */
+/* The UserData element (one user_data_is_plain accepted) as lxml writes it: "<UserData>…" -> "<UserData
+   xmlns=\"…/event\">…" (the namespace it inherits from <Event>), and every empty element <a …></a> as <a …/>.
+   Writes to `out` unless it is NULL; returns the length either way. */
+static Py_ssize_t user_data_lxml_form(const char *element, const char *end, char *out)
+{
+    Py_ssize_t n = 0;
+#define EMIT(text, length)                                        \
+    do {                                                          \
+        if (out != NULL)                                          \
+            memcpy(out + n, (text), (size_t)(length));            \
+        n += (length);                                            \
+    } while (0)
+    EMIT(USER_DATA_WITH_NS, LEN(USER_DATA_WITH_NS) - 1);  /* all but its '>' */
+    const char *p = element + LEN("<UserData"), *copied = p;  /* p: the '>' ending an opening tag */
+    while (1) {
+        if (end - p >= 3 && p[1] == '<' && p[2] == '/') {  /* <a …></a> */
+            EMIT(copied, p - copied);
+            EMIT("/>", 2);
+            p = memchr(p + 1, '>', (size_t)(end - p - 1)) + 1;  /* past the closing tag */
+            copied = p;
+        }
+        /* the next opening tag that is not self-closing (attribute values hold no '>') */
+        const char *tag;
+        while ((tag = memchr(p, '<', (size_t)(end - p))) != NULL) {
+            p = memchr(tag, '>', (size_t)(end - tag));
+            if (tag[1] != '/' && p[-1] != '/')
+                break;
+        }
+        if (tag == NULL)
+            break;
+    }
+    EMIT(copied, end - copied);
+#undef EMIT
+    return n;
+}
+
 static PyObject *user_data_as_lxml_writes_it(const char *element, const char *end)
 {
-    Py_ssize_t tail = (end - element) - LEN("<UserData>");
-    Py_ssize_t n = LEN(USER_DATA_WITH_NS) + tail;
+    Py_ssize_t n = user_data_lxml_form(element, end, NULL);
     char *buffer = PyMem_Malloc((size_t)n);
     if (buffer == NULL)
         return PyErr_NoMemory();
-    memcpy(buffer, USER_DATA_WITH_NS, LEN(USER_DATA_WITH_NS));
-    memcpy(buffer + LEN(USER_DATA_WITH_NS), element + LEN("<UserData>"), (size_t)tail);
+    user_data_lxml_form(element, end, buffer);
     PyObject *result = PyUnicode_DecodeUTF8(buffer, n, "strict");
     PyMem_Free(buffer);
     return result;
@@ -485,83 +603,121 @@ static int has_cdata_end(const char *p, const char *end)
     return 0;
 }
 
-/* The RawEvent of one rendering, or None (new reference) when it has another shape. `record_time` (ticks, or
-   Py_None) stands in for a missing SystemTime. */
-static PyObject *parse_rendering(PyObject *xml_text, PyObject *provenance_in, PyObject *record_time)
+
+/* What one rendering holds, as spans of its UTF-8 text: read once, then built into a dict or written as Avro. */
+enum { BODY_EMPTY, BODY_USER_DATA, BODY_EVENT_DATA };
+typedef struct {
+    System s;
+    int has_time;  /* SystemTime present (and then valid): `ticks` */
+    long long ticks;
+    int body;
+    const char *user_data, *user_data_end;  /* the <UserData> element, without its indent and the event's end */
+    Items items;
+} Rendering;
+
+/* 1: the evtx renderer's own shape, `r` filled (items_free it after); 0: another shape (declined); -1: error. */
+static int read_rendering(const char *xml, Py_ssize_t size, Rendering *r)
 {
-    Py_ssize_t size;
-    const char *xml = PyUnicode_AsUTF8AndSize(xml_text, &size);
-    if (xml == NULL) {  /* e.g. lone surrogates: not this renderer's output */
-        PyErr_Clear();
-        Py_RETURN_NONE;
-    }
+    items_init(&r->items);
+    r->body = BODY_EMPTY;
+    r->has_time = 0;
+    r->user_data = r->user_data_end = NULL;
     if (size < LEN(PROLOGUE) || memcmp(xml, PROLOGUE, LEN(PROLOGUE)) != 0 || memchr(xml, '&', (size_t)size) ||
         has_cdata_end(xml, xml + size))
-        Py_RETURN_NONE;
+        return 0;
     Cursor c = {xml + LEN(PROLOGUE), xml + size};
-    System s;
-    if (!read_system(&c, &s))
-        Py_RETURN_NONE;
-
-    PyObject *event_data = NULL, *user_data = Py_None;
+    if (!read_system(&c, &r->s))
+        return 0;
+    if (r->s.system_time.present) {
+        if (!iso_ticks(r->s.system_time, &r->ticks))
+            return 0;
+        r->has_time = 1;
+    }
     Py_ssize_t rest = c.end - c.p;
-    if (rest == LEN(EVENT_CLOSE) && memcmp(c.p, EVENT_CLOSE, LEN(EVENT_CLOSE)) == 0) {
-        event_data = PyList_New(0);
-    } else if (rest >= LEN(USER_DATA_OPEN) + LEN(USER_DATA_CLOSE) &&
-               memcmp(c.p, USER_DATA_OPEN, LEN(USER_DATA_OPEN)) == 0 &&
-               memcmp(c.end - LEN(USER_DATA_CLOSE), USER_DATA_CLOSE, LEN(USER_DATA_CLOSE)) == 0) {
+    if (rest == LEN(EVENT_CLOSE) && memcmp(c.p, EVENT_CLOSE, LEN(EVENT_CLOSE)) == 0)
+        return 1;
+    if (rest >= LEN(USER_DATA_OPEN) + LEN(USER_DATA_CLOSE) && memcmp(c.p, USER_DATA_OPEN, LEN(USER_DATA_OPEN)) == 0 &&
+        memcmp(c.end - LEN(USER_DATA_CLOSE), USER_DATA_CLOSE, LEN(USER_DATA_CLOSE)) == 0) {
         /* "  <UserData>…</UserData>\n</Event>\n": the element without the indent and the event's end */
         const char *element = c.p + 2, *element_end = c.end - LEN("\n</Event>\n");
         if (!user_data_is_plain(element, element_end) || find(xml + LEN(PROLOGUE), c.p, "xmlns", 5))
-            Py_RETURN_NONE;
-        user_data = user_data_as_lxml_writes_it(element, element_end);
-        if (user_data == NULL)
-            return NULL;
-        event_data = PyList_New(0);
-        if (event_data == NULL) {
-            Py_DECREF(user_data);
-            return NULL;
-        }
-    } else if (rest >= LEN(DATA_OPEN) + LEN(DATA_CLOSE) && memcmp(c.p, DATA_OPEN, LEN(DATA_OPEN)) == 0 &&
-               memcmp(c.end - LEN(DATA_CLOSE), DATA_CLOSE, LEN(DATA_CLOSE)) == 0) {
-        event_data = data_items(c.p + LEN(DATA_OPEN), c.end - LEN(DATA_CLOSE));
-        if (event_data == Py_None) {
-            Py_DECREF(event_data);
-            Py_RETURN_NONE;
-        }
-    } else {
-        Py_RETURN_NONE;  /* an EventData with attributes, RenderingInfo, …: the Python paths */
+            return 0;
+        r->body = BODY_USER_DATA;
+        r->user_data = element;
+        r->user_data_end = element_end;
+        return 1;
     }
-    if (event_data == NULL)
-        return NULL;
-
-    PyObject *time_created;
-    if (s.system_time.present) {
-        long long ticks;
-        if (!iso_ticks(s.system_time, &ticks)) {
-            Py_DECREF(event_data);
-            Py_XDECREF(user_data == Py_None ? NULL : user_data);
-            Py_RETURN_NONE;
+    /* "  <EventData>" or, in classic Application events, "  <EventData Name=\"…\">" (a name not carried) */
+    const char *body = NULL;
+    if (rest >= LEN(DATA_OPEN) && memcmp(c.p, DATA_OPEN, LEN(DATA_OPEN)) == 0) {
+        body = c.p + LEN(DATA_OPEN);
+    } else if (LIT(&c, "  <EventData Name=\"")) {
+        until_markup(&c, 1);
+        if (LIT(&c, "\">"))
+            body = c.p;
+    }
+    if (body != NULL && c.end - body >= LEN(DATA_CLOSE) &&
+        memcmp(c.end - LEN(DATA_CLOSE), DATA_CLOSE, LEN(DATA_CLOSE)) == 0) {
+        int rc = read_data_items(body, c.end - LEN(DATA_CLOSE), &r->items);
+        if (rc <= 0) {
+            items_free(&r->items);
+            return rc;
         }
-        time_created = PyLong_FromLongLong(ticks);
+        r->body = BODY_EVENT_DATA;
+        return 1;
+    }
+    return 0;  /* an EventData with attributes, RenderingInfo, …: the Python paths */
+}
+
+static PyObject *event_data_list(const Items *items)
+{
+    PyObject *list = PyList_New(items->n);
+    if (list == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < items->n; i++) {
+        PyObject *item = PyDict_Copy(item_template);
+        if (item == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+        if (set_item(item, k_name, text_or_none(items->v[i].name)) < 0 ||
+            set_item(item, k_value, text(items->v[i].value)) < 0) {
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    return list;
+}
+
+/* The RawEvent dict of a rendering read by read_rendering, or None (new reference) when it has no time.
+   `record_time` (ticks, or Py_None) stands in for a missing SystemTime. */
+static PyObject *build_event(const Rendering *r, PyObject *provenance_in, PyObject *record_time)
+{
+    const System *s = &r->s;
+    PyObject *time_created;
+    if (r->has_time) {
+        time_created = PyLong_FromLongLong(r->ticks);
+        if (time_created == NULL)
+            return NULL;
     } else if (record_time != Py_None) {
         Py_INCREF(record_time);
         time_created = record_time;
     } else {
-        Py_DECREF(event_data);
-        Py_XDECREF(user_data == Py_None ? NULL : user_data);
         Py_RETURN_NONE;
     }
-    if (user_data == Py_None)
-        Py_INCREF(Py_None);  /* from here on user_data is an owned reference, consumed by set_item */
-
-    PyObject *out = PyDict_Copy(event_template);  /* every key already in place: no resizing while filling */
-    PyObject *keywords = NULL, *channel = NULL, *computer = NULL, *provenance = NULL;
+    PyObject *event_data = event_data_list(&r->items);
+    PyObject *user_data = r->body == BODY_USER_DATA ? user_data_as_lxml_writes_it(r->user_data, r->user_data_end)
+                                                    : (Py_INCREF(Py_None), Py_None);
+    PyObject *out = NULL, *keywords = NULL, *channel = NULL, *computer = NULL, *provenance = NULL;
+    if (event_data == NULL || user_data == NULL)
+        goto error;
+    out = PyDict_Copy(event_template);  /* every key already in place: no resizing while filling */
     if (out == NULL)
         goto error;
-    keywords = s.keywords.present && s.keywords.n ? text(s.keywords) : (Py_INCREF(Py_None), Py_None);
-    channel = text(s.channel);
-    computer = text(s.computer);
+    keywords = s->keywords.present && s->keywords.n ? text(s->keywords) : (Py_INCREF(Py_None), Py_None);
+    channel = text(s->channel);
+    computer = text(s->computer);
     provenance = PyDict_Copy(provenance_in);
     if (keywords == NULL || channel == NULL || computer == NULL || provenance == NULL)
         goto error;
@@ -581,21 +737,21 @@ static PyObject *parse_rendering(PyObject *xml_text, PyObject *provenance_in, Py
         computer = empty_str;
     }
     Py_INCREF(Py_None);
-    if (set_item(out, k_provider_name, s.provider_name.present ? text(s.provider_name)
+    if (set_item(out, k_provider_name, s->provider_name.present ? text(s->provider_name)
                                                                 : (Py_INCREF(empty_str), empty_str)) < 0 ||
-        set_item(out, k_provider_guid, text_or_none(s.provider_guid)) < 0 ||
-        set_item(out, k_event_source_name, text_or_none(s.event_source_name)) < 0 ||
-        set_item(out, k_event_id, int_or_none(s.event_id)) < 0 ||
-        set_item(out, k_qualifiers, int_or_none(s.qualifiers)) < 0 ||
-        set_item(out, k_version, int_or_none(s.version)) < 0 || set_item(out, k_level, int_or_none(s.level)) < 0 ||
-        set_item(out, k_task, int_or_none(s.task)) < 0 || set_item(out, k_opcode, int_or_none(s.opcode)) < 0 ||
+        set_item(out, k_provider_guid, text_or_none(s->provider_guid)) < 0 ||
+        set_item(out, k_event_source_name, text_or_none(s->event_source_name)) < 0 ||
+        set_item(out, k_event_id, int_or_none(s->event_id)) < 0 ||
+        set_item(out, k_qualifiers, int_or_none(s->qualifiers)) < 0 ||
+        set_item(out, k_version, int_or_none(s->version)) < 0 || set_item(out, k_level, int_or_none(s->level)) < 0 ||
+        set_item(out, k_task, int_or_none(s->task)) < 0 || set_item(out, k_opcode, int_or_none(s->opcode)) < 0 ||
         set_item(out, k_keywords, keywords) < 0 || set_item(out, k_time_created, time_created) < 0 ||
-        set_item(out, k_event_record_id, int_or_none(s.record_id)) < 0 ||
-        set_item(out, k_activity_id, text_or_none(s.activity_id)) < 0 ||
-        set_item(out, k_related_activity_id, text_or_none(s.related_activity_id)) < 0 ||
-        set_item(out, k_process_id, int_or_none(s.process_id)) < 0 ||
-        set_item(out, k_thread_id, int_or_none(s.thread_id)) < 0 || set_item(out, k_channel, channel) < 0 ||
-        set_item(out, k_computer, computer) < 0 || set_item(out, k_user_id, text_or_none(s.user_id)) < 0 ||
+        set_item(out, k_event_record_id, int_or_none(s->record_id)) < 0 ||
+        set_item(out, k_activity_id, text_or_none(s->activity_id)) < 0 ||
+        set_item(out, k_related_activity_id, text_or_none(s->related_activity_id)) < 0 ||
+        set_item(out, k_process_id, int_or_none(s->process_id)) < 0 ||
+        set_item(out, k_thread_id, int_or_none(s->thread_id)) < 0 || set_item(out, k_channel, channel) < 0 ||
+        set_item(out, k_computer, computer) < 0 || set_item(out, k_user_id, text_or_none(s->user_id)) < 0 ||
         set_item(out, k_event_data, event_data) < 0 || set_item(out, k_user_data_xml, user_data) < 0 ||
         set_item(out, k_rendered_message, Py_None) < 0 || set_item(out, k_provenance, provenance) < 0) {
         /* set_item consumed every value passed to it, including the one that failed */
@@ -606,14 +762,34 @@ static PyObject *parse_rendering(PyObject *xml_text, PyObject *provenance_in, Py
 
 error:
     Py_XDECREF(out);
-    Py_DECREF(user_data);
+    Py_XDECREF(user_data);
     Py_XDECREF(keywords);
     Py_XDECREF(channel);
     Py_XDECREF(computer);
     Py_XDECREF(provenance);
     Py_DECREF(time_created);
-    Py_DECREF(event_data);
+    Py_XDECREF(event_data);
     return NULL;
+}
+
+/* The RawEvent of one rendering, or None (new reference) when it has another shape. */
+static PyObject *parse_rendering(PyObject *xml_text, PyObject *provenance_in, PyObject *record_time)
+{
+    Py_ssize_t size;
+    const char *xml = PyUnicode_AsUTF8AndSize(xml_text, &size);
+    if (xml == NULL) {  /* e.g. lone surrogates: not this renderer's output */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Rendering r;
+    int rc = read_rendering(xml, size, &r);
+    if (rc < 0)
+        return NULL;
+    if (rc == 0)
+        Py_RETURN_NONE;
+    PyObject *event = build_event(&r, provenance_in, record_time);
+    items_free(&r.items);
+    return event;
 }
 
 static PyObject *parse(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -684,11 +860,416 @@ error:
     return NULL;
 }
 
+
+/* ------------------------------------------------------------------ the RawEvent as Avro, without any dict
+
+   The same rendering, written straight in the RawEvent.v1 binary encoding (field order of the schema, unions as
+   their branch index, ints and longs as zigzag varints, strings as length + UTF-8, arrays as one block + 0), so
+   what the dict path gives `schemas.codec` is never built. Values are those build_event would put in the dict;
+   numbers outside the schema's int/long range, and anything else unusual, are declined and take the dict path. */
+
+/* A growing bytes object, handed over as it is at the end (no copy). `hint`: the size to start with. */
+typedef struct {
+    PyObject *bytes;
+    char *p;
+    Py_ssize_t n, cap, hint;
+} Buf;
+
+static int buf_reserve(Buf *b, Py_ssize_t extra)
+{
+    if (b->n + extra <= b->cap)
+        return 0;
+    Py_ssize_t cap = b->cap ? b->cap * 2 : (b->hint > 4096 ? b->hint : 4096);
+    while (cap < b->n + extra)
+        cap *= 2;
+    if (b->bytes == NULL)
+        b->bytes = PyBytes_FromStringAndSize(NULL, cap);
+    else
+        _PyBytes_Resize(&b->bytes, cap);  /* on failure: freed and NULL */
+    if (b->bytes == NULL)
+        return -1;
+    b->p = PyBytes_AS_STRING(b->bytes);
+    b->cap = cap;
+    return 0;
+}
+
+/* The bytes written (a new reference), or NULL on error; `b` is left empty. */
+static PyObject *buf_finish(Buf *b)
+{
+    PyObject *bytes = b->bytes;
+    b->bytes = NULL;
+    if (bytes == NULL)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    if (_PyBytes_Resize(&bytes, b->n) < 0)
+        return NULL;
+    return bytes;
+}
+
+/* Callers reserve first; these only write. A varint takes at most 10 bytes. */
+static void put_byte(Buf *b, unsigned char byte)
+{
+    b->p[b->n++] = (char)byte;
+}
+
+static void put_long(Buf *b, long long value)
+{
+    uint64_t z = ((uint64_t)value << 1) ^ (uint64_t)(value >> 63);
+    while (z >= 0x80) {
+        b->p[b->n++] = (char)((z & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    b->p[b->n++] = (char)z;
+}
+
+static void put_raw(Buf *b, const char *s, Py_ssize_t n)
+{
+    if (n > 0)
+        memcpy(b->p + b->n, s, (size_t)n);
+    b->n += n;
+}
+
+static void put_string(Buf *b, const char *s, Py_ssize_t n)
+{
+    put_long(b, n);
+    put_raw(b, s, n);
+}
+
+/* ["null", "string"]: null when absent */
+static void put_optional_string(Buf *b, Span span)
+{
+    if (!span.present) {
+        put_byte(b, 0);
+        return;
+    }
+    put_byte(b, 2);
+    put_string(b, span.s, span.n);
+}
+
+/* The value of a digits span: 0 null (absent or empty), 1 `*out` set, -1 beyond `max` (declined). */
+static int number(Span span, long long max, long long *out)
+{
+    if (!span.present || span.n == 0)
+        return 0;
+    if (span.n > 18)
+        return -1;
+    long long value = 0;
+    for (Py_ssize_t i = 0; i < span.n; i++)
+        value = value * 10 + (span.s[i] - '0');
+    if (value > max)
+        return -1;
+    *out = value;
+    return 1;
+}
+
+/* str.isspace() of the span's text, as is_space on the decoded str: 1, 0, or -1 on error. */
+static int span_is_space(Span span)
+{
+    if (span.n == 0)
+        return 0;
+    for (Py_ssize_t i = 0; i < span.n; i++) {
+        unsigned char ch = (unsigned char)span.s[i];
+        if (ch >= 0x80) {
+            PyObject *decoded = PyUnicode_DecodeUTF8(span.s, span.n, "strict");
+            if (decoded == NULL)
+                return -1;
+            int space = is_space(decoded);
+            Py_DECREF(decoded);
+            return space;
+        }
+        if (!Py_UNICODE_ISSPACE(ch))
+            return 0;
+    }
+    return 1;
+}
+
+#define INT_MAX32 2147483647LL
+#define LONG_MAX64 9223372036854775807LL
+enum { N_QUALIFIERS, N_VERSION, N_LEVEL, N_TASK, N_OPCODE, N_PROCESS, N_THREAD, N_COUNT };
+
+/* One record (its rendering read into `r`, its header time and record id) appended to `b` as a RawEvent.
+   1 written (`host` = the computer as the batch key takes it), 0 declined (nothing written), -1 error. */
+static int write_event(Buf *b, const Rendering *r, long long header, PyObject *header_record_id,
+                       const char *provenance, Py_ssize_t provenance_n, Span *host)
+{
+    const System *s = &r->s;
+    const Span numeric[N_COUNT] = {s->qualifiers, s->version, s->level, s->task, s->opcode, s->process_id,
+                                   s->thread_id};
+    const long long maxima[N_COUNT] = {INT_MAX32, INT_MAX32, INT_MAX32, INT_MAX32, INT_MAX32, LONG_MAX64,
+                                       LONG_MAX64};
+    long long values[N_COUNT], event_id, record_id;
+    int present[N_COUNT];
+    for (int i = 0; i < N_COUNT; i++) {
+        present[i] = number(numeric[i], maxima[i], &values[i]);
+        if (present[i] < 0)
+            return 0;
+    }
+    if (number(s->event_id, INT_MAX32, &event_id) != 1)
+        return 0;
+    int has_record_id = number(s->record_id, LONG_MAX64, &record_id);
+    if (has_record_id < 0)
+        return 0;
+    if (has_record_id == 0) {  /* the record header's id, as from_record takes it */
+        int overflow = 0;
+        record_id = PyLong_AsLongLongAndOverflow(header_record_id, &overflow);
+        if (overflow)
+            return 0;
+        if (record_id == -1 && PyErr_Occurred())
+            return -1;
+    }
+    /* The rendering rounds SystemTime to microseconds; the header keeps all 7 digits when it is the same instant. */
+    long long ticks = r->has_time ? r->ticks : header;
+    if (floor_div10(header) == floor_div10(ticks))
+        ticks = header;
+
+    Span keywords = s->keywords, channel = s->channel, computer = s->computer;
+    int space;
+    if (keywords.present && keywords.n) {
+        if ((space = span_is_space(keywords)) < 0)
+            return -1;
+        keywords.present = !space;
+    } else {
+        keywords.present = 0;
+    }
+    if ((space = span_is_space(channel)) < 0)
+        return -1;
+    if (space)
+        channel.n = 0;
+    if ((space = span_is_space(computer)) < 0)
+        return -1;
+    if (space)
+        computer.n = 0;
+    *host = computer;
+
+    /* Every string's bytes plus 11 bytes per field (varint + union index) bound the size. */
+    Py_ssize_t bound = 64 * 11 + provenance_n + s->provider_name.n + s->provider_guid.n + s->event_source_name.n +
+                       keywords.n + s->activity_id.n + s->related_activity_id.n + channel.n + computer.n +
+                       s->user_id.n + LEN(USER_DATA_WITH_NS) + (r->user_data_end - r->user_data);
+    for (Py_ssize_t i = 0; i < r->items.n; i++)
+        bound += 22 + r->items.v[i].name.n + r->items.v[i].value.n;
+    if (buf_reserve(b, bound) < 0)
+        return -1;
+
+    put_string(b, s->provider_name.s, s->provider_name.present ? s->provider_name.n : 0);
+    put_optional_string(b, s->provider_guid);
+    put_optional_string(b, s->event_source_name);
+    put_long(b, event_id);
+    for (int i = N_QUALIFIERS; i <= N_OPCODE; i++) {
+        put_byte(b, present[i] ? 2 : 0);
+        if (present[i])
+            put_long(b, values[i]);
+    }
+    put_optional_string(b, keywords);
+    put_long(b, ticks);
+    put_byte(b, 2);
+    put_long(b, record_id);
+    put_optional_string(b, s->activity_id);
+    put_optional_string(b, s->related_activity_id);
+    for (int i = N_PROCESS; i <= N_THREAD; i++) {
+        put_byte(b, present[i] ? 2 : 0);
+        if (present[i])
+            put_long(b, values[i]);
+    }
+    put_string(b, channel.s, channel.n);
+    put_string(b, computer.s, computer.n);
+    put_optional_string(b, s->user_id);
+    if (r->items.n) {
+        put_long(b, r->items.n);
+        for (Py_ssize_t i = 0; i < r->items.n; i++) {
+            put_optional_string(b, r->items.v[i].name);
+            put_byte(b, 2);
+            put_string(b, r->items.v[i].value.s, r->items.v[i].value.n);
+        }
+    }
+    put_byte(b, 0);  /* the end of the EventData array */
+    if (r->body == BODY_USER_DATA) {
+        Py_ssize_t n = user_data_lxml_form(r->user_data, r->user_data_end, NULL);
+        put_byte(b, 2);
+        put_long(b, n);
+        b->n += user_data_lxml_form(r->user_data, r->user_data_end, b->p + b->n);
+    } else {
+        put_byte(b, 0);
+    }
+    put_byte(b, 0);  /* rendered_message: null */
+    put_raw(b, provenance, provenance_n);
+    return 1;
+}
+
+/* The header fields of one PyEvtxParser record: 1, or 0 when it is not the shape from_record takes. */
+static int record_header(PyObject *record, PyObject **xml, long long *header, PyObject **record_id)
+{
+    if (!PyDict_Check(record))
+        return 0;
+    PyObject *timestamp = PyDict_GetItemWithError(record, k_timestamp);
+    *xml = PyDict_GetItemWithError(record, k_data);
+    *record_id = PyDict_GetItemWithError(record, k_record_id);
+    if (PyErr_Occurred())
+        return -1;
+    if (*xml == NULL || timestamp == NULL || *record_id == NULL || !PyUnicode_Check(*xml) ||
+        !PyUnicode_Check(timestamp) || !PyLong_Check(*record_id))
+        return 0;
+    Py_ssize_t n;
+    const char *ts = PyUnicode_AsUTF8AndSize(timestamp, &n);
+    if (ts == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (n >= LEN(" UTC") && memcmp(ts + n - LEN(" UTC"), " UTC", LEN(" UTC")) == 0)
+        n -= LEN(" UTC");
+    return iso_ticks((Span){ts, n, 1}, header);
+}
+
+/* One record -> Avro appended to `b`: 1 written, 0 declined, -1 error. `host` points into the record's text. */
+static int encode_record(PyObject *record, Buf *b, const char *provenance, Py_ssize_t provenance_n, Span *host)
+{
+    PyObject *xml_text, *record_id;
+    long long header;
+    int rc = record_header(record, &xml_text, &header, &record_id);
+    if (rc <= 0)
+        return rc;
+    Py_ssize_t size;
+    const char *xml = PyUnicode_AsUTF8AndSize(xml_text, &size);
+    if (xml == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Rendering r;
+    rc = read_rendering(xml, size, &r);
+    if (rc <= 0)
+        return rc;
+    rc = write_event(b, &r, header, record_id, provenance, provenance_n, host);
+    items_free(&r.items);
+    return rc;
+}
+
+enum { STOP_LIMIT, STOP_END, STOP_ERROR, STOP_RECORD };
+
+/* Whether `host` (a str) is the text of `span`. */
+static int same_host(PyObject *host, Span span)
+{
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(host, &n);
+    return s != NULL && n == span.n && memcmp(s, span.s, (size_t)n) == 0;
+}
+
+/* encode_records(records, caught, provenance, limit, skip)
+     -> (stop, taken, data, ends, runs, pending)
+
+   Takes up to `limit` records from the PyEvtxParser iterator `records` and appends each as a RawEvent in Avro to
+   `data` (bytes); `ends` holds each event's end offset in `data` (native uint32), `runs` the (host, first event
+   index) where the computer changes. The first `skip` records are taken but not encoded (resuming); None
+   records are passed over. `taken` counts the records taken (skipped included, `pending` not).
+   It stops early, with `pending`, when the caller must look: STOP_RECORD, a record it declined or one whose
+   reading added to `caught` (the parser's warnings; the caller reports those first); STOP_ERROR, the exception
+   the iterator raised; STOP_END, the end. `provenance` is the Provenance record already in Avro. */
+static PyObject *encode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyIter_Check(args[0]) || !PyList_Check(args[1]) || !PyBytes_Check(args[2]) ||
+        !PyLong_Check(args[3]) || !PyLong_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_records(records: iterator, caught: list, provenance: bytes, limit: int, skip: int)");
+        return NULL;
+    }
+    PyObject *records = args[0], *caught = args[1];
+    const char *provenance = PyBytes_AS_STRING(args[2]);
+    Py_ssize_t provenance_n = PyBytes_GET_SIZE(args[2]);
+    Py_ssize_t limit = PyLong_AsSsize_t(args[3]), skip = PyLong_AsSsize_t(args[4]);
+    if ((limit == -1 || skip == -1) && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t seen = PyList_GET_SIZE(caught), taken = 0, count = 0;
+    /* started at the size the last chunk of this many records took, so it rarely grows (each growth copies) */
+    static Py_ssize_t bytes_per_record = 2048;
+    Buf data = {NULL, NULL, 0, 0, bytes_per_record * (limit < 4096 ? limit : 4096) * 5 / 4},
+        ends = {NULL, NULL, 0, 0, 4 * (limit < 4096 ? limit : 4096)};
+    PyObject *runs = PyList_New(0), *host = Py_None, *pending = NULL, *result = NULL;
+    int stop = STOP_LIMIT;
+    if (runs == NULL)
+        return NULL;
+    while (taken < limit) {
+        PyObject *record = PyIter_Next(records);
+        int warned = PyList_GET_SIZE(caught) != seen;
+        if (record == NULL) {
+            if (PyErr_Occurred()) {
+                PyObject *type, *value, *traceback;
+                PyErr_Fetch(&type, &value, &traceback);
+                PyErr_NormalizeException(&type, &value, &traceback);
+                if (traceback != NULL)
+                    PyException_SetTraceback(value, traceback);
+                Py_XDECREF(type);
+                Py_XDECREF(traceback);
+                pending = value;
+                stop = STOP_ERROR;
+            } else {
+                stop = STOP_END;
+            }
+            break;
+        }
+        if (warned) {
+            pending = record;
+            stop = STOP_RECORD;
+            break;
+        }
+        if (record == Py_None) {
+            Py_DECREF(record);
+            continue;
+        }
+        if (skip > 0) {
+            skip--;
+            taken++;
+            Py_DECREF(record);
+            continue;
+        }
+        Span computer;
+        int rc = encode_record(record, &data, provenance, provenance_n, &computer);
+        if (rc == 0) {
+            pending = record;
+            stop = STOP_RECORD;
+            break;
+        }
+        if (rc > 0 && (host == Py_None || !same_host(host, computer))) {
+            PyObject *run = NULL;
+            host = text(computer);  /* borrowed from `runs` once appended */
+            if (host != NULL)
+                run = Py_BuildValue("(Nn)", host, count);
+            if (run == NULL || PyList_Append(runs, run) < 0)
+                rc = -1;
+            Py_XDECREF(run);
+        }
+        Py_DECREF(record);
+        if (rc < 0 || buf_reserve(&ends, 4) < 0)
+            goto done;
+        uint32_t end = (uint32_t)(data.n);
+        if ((Py_ssize_t)end != data.n) {
+            PyErr_SetString(PyExc_OverflowError, "encode_records: chunk over 4 GiB");
+            goto done;
+        }
+        memcpy(ends.p + ends.n, &end, 4);
+        ends.n += 4;
+        taken++;
+        count++;
+    }
+    if (count >= 64)
+        bytes_per_record = data.n / count + 1;
+    PyObject *data_bytes = buf_finish(&data), *ends_bytes = buf_finish(&ends);
+    if (data_bytes != NULL && ends_bytes != NULL)
+        result = Py_BuildValue("(inOOOO)", stop, taken, data_bytes, ends_bytes, runs, pending ? pending : Py_None);
+    Py_XDECREF(data_bytes);
+    Py_XDECREF(ends_bytes);
+done:
+    Py_XDECREF(runs);
+    Py_XDECREF(pending);
+    Py_XDECREF(data.bytes);
+    Py_XDECREF(ends.bytes);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse(xml, provenance, record_time) -> RawEvent dict, or None when the XML is not the evtx rendering"},
     {"from_record", (PyCFunction)(void (*)(void))from_record, METH_FASTCALL,
      "from_record(record, provenance) -> RawEvent dict of one PyEvtxParser record, or None (declined)"},
+    {"encode_records", (PyCFunction)(void (*)(void))encode_records, METH_FASTCALL,
+     "encode_records(records, caught, provenance, limit, skip) -> (stop, taken, data, ends, runs, pending): "
+     "PyEvtxParser records -> RawEvents in Avro"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -732,5 +1313,13 @@ PyMODINIT_FUNC PyInit__evtxrender(void)
     for (size_t i = 0; i < sizeof(event_keys) / sizeof(event_keys[0]); i++)
         if (PyDict_SetItem(event_template, event_keys[i], Py_None) < 0)
             return NULL;
-    return PyModule_Create(&module_def);
+    PyObject *module = PyModule_Create(&module_def);
+    if (module == NULL || PyModule_AddIntConstant(module, "STOP_LIMIT", STOP_LIMIT) < 0 ||
+        PyModule_AddIntConstant(module, "STOP_END", STOP_END) < 0 ||
+        PyModule_AddIntConstant(module, "STOP_ERROR", STOP_ERROR) < 0 ||
+        PyModule_AddIntConstant(module, "STOP_RECORD", STOP_RECORD) < 0) {
+        Py_XDECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -24,7 +24,6 @@ from opentelemetry import metrics, propagate, trace
 
 from producers.batching import OutgoingBatch
 from producers.kafka_sink import split_batch
-from schemas.codec import encode_raw_batch
 from secstream.config import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ class CollectorSink:
     def send(self, batch: OutgoingBatch, wait: Callable[[], bool] | None = None) -> None:
         if batch.send_time_us == 0:
             batch.send_time_us = time.time_ns() // 1000
-        body = gzip.compress(encode_raw_batch(batch.as_record(self.agent_id)), compresslevel=1)
+        body = gzip.compress(batch.encode(self.agent_id), compresslevel=1)
         backoff = 0.5
         while not self.stop.is_set():
             for _ in range(len(self.urls)):
@@ -106,7 +105,7 @@ class CollectorSink:
         # into the Kafka record it writes.
         with _tracer.start_as_current_span("producer.collector_post", kind=trace.SpanKind.CLIENT, attributes={
                 "secstream.host": batch.host, "secstream.batch_id": batch.batch_id,
-                "secstream.events": len(batch.events), "secstream.attempt": batch.attempts, "url.full": url}):
+                "secstream.events": batch.event_count, "secstream.attempt": batch.attempts, "url.full": url}):
             return self._post_traced(url, body, batch)
 
     def _post_traced(self, url: str, body: bytes, batch: OutgoingBatch) -> str:
@@ -127,7 +126,7 @@ class CollectorSink:
             detail = exc.read()[:300].decode("utf-8", "replace")
             if exc.code in (401, 403):
                 raise CollectorAuthError(f"{url} refused the agent token ({exc.code}): {detail}") from None
-            if exc.code == 413 and len(batch.events) > 1:
+            if exc.code == 413 and batch.event_count > 1:
                 return "too-large"
             if exc.code in RETRYABLE:
                 log.warning("%s answered %d for batch %s: %s", url, exc.code, batch.batch_id, detail)

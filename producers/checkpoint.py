@@ -45,6 +45,24 @@ class ProgressTracker:
     def read(self, source: str, position: int, sent: bool) -> Segment | None:
         """Record that the event at ``position`` was read. Returns the segment to mark the event's batch with,
         or None when the event will not be sent (filtered out or unreadable): it is done as soon as read."""
+        segment = self._segment(source, 1)
+        segment.last_position = position
+        if sent:
+            segment.outstanding += 1
+            return segment
+        self._advance(source)
+        return None
+
+    def read_many(self, source: str, last_position: int, sent: int) -> Segment:
+        """Record that ``sent`` consecutive events up to ``last_position`` were read, all to be sent (part of a
+        chunk going to one batch). Returns the segment to mark the batch with, once per event."""
+        segment = self._segment(source, sent)
+        segment.last_position = last_position
+        segment.outstanding += sent
+        return segment
+
+    def _segment(self, source: str, events: int) -> Segment:
+        """The segment that ``events`` more read events belong to."""
         segment = self._current.get(source)
         if segment is None or segment.closed or self._count[source] >= self._segment_events:
             if segment is not None:
@@ -53,13 +71,8 @@ class ProgressTracker:
             self._current[source] = segment
             self._segments.setdefault(source, deque()).append(segment)
             self._count[source] = 0
-        self._count[source] += 1
-        segment.last_position = position
-        if sent:
-            segment.outstanding += 1
-            return segment
-        self._advance(source)
-        return None
+        self._count[source] += events
+        return segment
 
     @staticmethod
     def seal(marks: dict[Any, int]) -> None:

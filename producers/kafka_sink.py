@@ -18,7 +18,6 @@ from confluent_kafka import KafkaError, Message, Producer
 from opentelemetry import metrics, trace
 
 from producers.batching import OutgoingBatch
-from schemas.codec import encode_raw_batch
 from secstream.config import Settings
 from secstream.dead_letter import dead_letter_headers
 from secstream.kafka import producer_config
@@ -84,12 +83,12 @@ class KafkaBatchSink:
         """
         if batch.send_time_us == 0:
             batch.send_time_us = time.time_ns() // 1000
-        value = encode_raw_batch(batch.as_record(self.agent_id))
+        value = batch.encode(self.agent_id)
         self._wait_for_room(len(value), wait)
         batch.attempts += 1
         with _tracer.start_as_current_span("producer.batch", kind=trace.SpanKind.PRODUCER, attributes={
                 "secstream.host": batch.host, "secstream.batch_id": batch.batch_id,
-                "secstream.events": len(batch.events), "secstream.attempt": batch.attempts}):
+                "secstream.events": batch.event_count, "secstream.attempt": batch.attempts}):
             headers = inject_trace_headers([("batch_id", batch.batch_id.encode())])
         size = len(value)
 
@@ -149,8 +148,8 @@ class KafkaBatchSink:
         self.in_flight_batches -= 1
         if err is None:
             _batches_sent.add(1)
-            _events_sent.add(len(batch.events))
-            _batch_events.record(len(batch.events))
+            _events_sent.add(batch.event_count)
+            _batch_events.record(batch.event_count)
             whole = batch.completed_part()
             if whole is not None:
                 self.on_delivered(whole)
@@ -158,9 +157,9 @@ class KafkaBatchSink:
         _delivery_errors.add(1, {"error": err.name()})
         if self._closing:
             return
-        if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and len(batch.events) > 1:
+        if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and batch.event_count > 1:
             log.warning("batch %s (%d events) too large for the broker; sending it as two", batch.batch_id,
-                        len(batch.events))
+                        batch.event_count)
             self._retry.extend(split_batch(batch))
         elif err.fatal():
             self.fatal = err
@@ -198,11 +197,12 @@ class KafkaBatchSink:
 def split_batch(batch: OutgoingBatch) -> list[OutgoingBatch]:
     """Two halves with ids derived from the original, so a resend of either half keeps the same id. The
     original counts as delivered (and moves the checkpoint) only when both halves are."""
-    half = len(batch.events) // 2
+    events = batch.event_dicts()
+    half = len(events) // 2
     parts = []
-    for index, events in enumerate((batch.events[:half], batch.events[half:])):
+    for index, half_events in enumerate((events[:half], events[half:])):
         part = OutgoingBatch(batch.host, str(uuid.uuid5(uuid.UUID(batch.batch_id), str(index))), batch.opened_at)
-        part.events = events
+        part.events = half_events
         part.sequence = batch.sequence
         part.send_time_us = batch.send_time_us
         part.parent = batch

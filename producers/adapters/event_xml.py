@@ -384,6 +384,7 @@ _EMPTY_ELEMENT = re.compile(r"<[^/>][^>]*(?<!/)></")
 # A tag of the plain shape lxml writes back unchanged: name, double-quoted attributes without characters it would
 # escape or normalise, no space before ">" or "/>".
 _PLAIN_TAG = re.compile(r'<(/?)([\w.:-]+)((?: [\w.:-]+="[^"<>&\t\n\r]*")*)(/?)>')
+_ATTRIBUTE_NAME = re.compile(r' ([\w.:-]+)="[^"]*"')
 _ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"', "&apos;": "'"}
 _ENTITY = re.compile(r"&(?:lt|gt|amp|quot|apos);")
 _INT_FIELDS = {"Version": "version", "Level": "level", "Task": "task", "Opcode": "opcode",
@@ -587,11 +588,21 @@ def _user_data_as_lxml_writes_it(xml: str, system_start: int, user_data: str) ->
         if closing:
             if not open_tags or open_tags.pop() != name or attrs or empty:
                 raise _NotCanonical
-        elif not empty:
-            open_tags.append(name)
+        else:
+            if attrs and not _attributes_as_lxml_writes_them(attrs):
+                raise _NotCanonical
+            if not empty:
+                open_tags.append(name)
     if open_tags:
         raise _NotCanonical
     return f'<UserData xmlns="{EVENT_NS}">' + user_data[10:]
+
+
+def _attributes_as_lxml_writes_them(attributes: str) -> bool:
+    """No attribute twice (not well-formed) and the namespace declarations first (lxml writes them first)."""
+    names = _ATTRIBUTE_NAME.findall(attributes)
+    declares = [name == "xmlns" or name.startswith("xmlns:") for name in names]
+    return len(set(names)) == len(names) and declares == sorted(declares, reverse=True)
 
 
 def _system_by_elements(xml: str, start: int, end: int, provenance: dict[str, Any],

@@ -22,6 +22,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -32,7 +33,9 @@ import orjson
 from producers.adapters import event_xml
 from producers.adapters.event_xml import EventXmlError, iter_event_xml, parse_event_xml_fast
 from producers.adapters.json_formats import RecordFormatError, map_json_record
+from producers.encoded import EncodedChunk, provenance_avro
 from producers.timeutil import TimeFormatError, iso_to_ticks, now_us
+from schemas.codec import EncodeError
 
 FORMATS = ("auto", "evtx", "xml", "winlogbeat", "nxlog", "otrf", "sentinel-export")
 JSON_FORMATS = ("winlogbeat", "nxlog", "otrf", "sentinel-export")
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 IssueHandler = Callable[[str, bytes | None], None]
 Positioned = Iterator[tuple[dict[str, Any], int]]
+PositionedChunks = Iterator[tuple[EncodedChunk, int]]
 
 
 class SourceError(ValueError):
@@ -72,26 +76,48 @@ class Source:
     def read(self, resume: int | None, agent_id: str = "", on_issue: IssueHandler | None = None,
              follow: bool = False) -> Positioned:
         """Events after ``resume``. With ``follow``, a last line without its newline is left for later."""
-        def issue(reason: str, raw: bytes | None = None) -> None:
-            self.issues.append(reason)
-            if on_issue is not None:
-                on_issue(f"{self.key}: {reason}", raw)
-
+        issue = self._issue_reporter(on_issue)
         try:
             yield from self._read(resume, agent_id, issue, follow)
         except READ_ERRORS as exc:
             issue(f"reading stopped: {exc.__class__.__name__}: {exc}")
 
-    def _read(self, resume: int | None, agent_id: str, issue: Callable[[str, bytes | None], None],
-              follow: bool) -> Positioned:
+    @property
+    def reads_encoded(self) -> bool:
+        """Whether ``read_encoded`` can read this source (EVTX files)."""
+        return self.fmt == "evtx"
 
-        provenance = {
+    def read_encoded(self, resume: int | None, agent_id: str = "", on_issue: IssueHandler | None = None,
+                     chunk_records: int = 1000) -> PositionedChunks:
+        """``read`` of an EVTX source, a chunk of up to ``chunk_records`` events at a time, already in Avro (needs
+        ``producers.encoded.available()``); the position is the last event's."""
+        issue = self._issue_reporter(on_issue)
+        try:
+            yield from _read_evtx_encoded(self._open_evtx(), self._provenance(agent_id), resume, issue,
+                                          chunk_records)
+        except READ_ERRORS as exc:
+            issue(f"reading stopped: {exc.__class__.__name__}: {exc}")
+
+    def _issue_reporter(self, on_issue: IssueHandler | None) -> Callable[..., None]:
+        def issue(reason: str, raw: bytes | None = None) -> None:
+            self.issues.append(reason)
+            if on_issue is not None:
+                on_issue(f"{self.key}: {reason}", raw)
+
+        return issue
+
+    def _provenance(self, agent_id: str) -> dict[str, Any]:
+        return {
             "source_format": self.dialect if self.fmt in ("json", "jsonl") else self.fmt,
             "agent_id": agent_id,
             "collector_id": None,
             "read_time_us": now_us(),
             "source_ref": self.key,
         }
+
+    def _read(self, resume: int | None, agent_id: str, issue: Callable[[str, bytes | None], None],
+              follow: bool) -> Positioned:
+        provenance = self._provenance(agent_id)
         if self.fmt == "evtx":
             yield from _read_evtx(self._open_evtx(), provenance, resume, issue)
         elif self.member is None and self.fmt == "jsonl":
@@ -244,20 +270,66 @@ def _evtx_ticks(timestamp: str) -> int | None:
         return None
 
 
+def _open_evtx_parser(target: Any, issue: Callable[[str, bytes | None], None]) -> Any:
+    try:
+        return evtx.PyEvtxParser(target, number_of_threads=EVTX_THREADS, skip_errors=True)
+    except (RuntimeError, OSError) as exc:
+        issue(f"cannot open EVTX: {exc}", None)
+        return None
+
+
+def _evtx_event(record: dict[str, Any], provenance: dict[str, Any], from_record: Any,
+                issue: Callable[[str, bytes | None], None]) -> dict[str, Any] | None:
+    """One parser record -> RawEvent dict (None: unreadable, reported)."""
+    if from_record is not None:
+        native_event: dict[str, Any] | None = from_record(record, provenance)
+        if native_event is not None:
+            return native_event
+    record_id = record["event_record_id"]
+    header_time = _evtx_ticks(record["timestamp"])
+    try:
+        event = parse_event_xml_fast(record["data"], provenance, header_time)
+    except EventXmlError as exc:
+        issue(f"record {record_id}: {exc}", record["data"].encode("utf-8", "replace"))
+        return None
+    # The XML rendering rounds SystemTime to microseconds; the record header keeps all 7 digits when it is the
+    # same instant (it usually is), so take the digit back from there.
+    if header_time is not None and header_time // 10 == event["time_created"] // 10:
+        event["time_created"] = header_time
+    if event["event_record_id"] is None:
+        event["event_record_id"] = record_id
+    return event
+
+
+def _report_new(caught: list[Any], seen: int, ordinal: int, resume: int | None,
+                issue: Callable[[str, bytes | None], None]) -> int:
+    """Report the parser's warnings after ``seen``; returns how many there are now. A damage found before the
+    resume point was already reported by the run that read past it."""
+    if len(caught) != seen and (resume is None or ordinal > resume):
+        for w in caught[seen:]:
+            issue(str(w.message), None)
+    return len(caught)
+
+
+@contextmanager
+def _parser_records(target: Any, issue: Callable[[str, bytes | None], None]
+                    ) -> Iterator[tuple[Iterator[Any] | None, list[Any]]]:
+    """The parser's records (None when the file cannot be opened) and the list its warnings go to."""
+    parser = _open_evtx_parser(target, issue)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        yield (None if parser is None else parser.records()), caught
+
+
 def _read_evtx(target: Any, provenance: dict[str, Any], resume: int | None,
                issue: Callable[[str, bytes | None], None]) -> Positioned:
     """EVTX records through the Rust parser; damaged chunks are skipped and reported, readable records kept."""
-    try:
-        parser = evtx.PyEvtxParser(target, number_of_threads=EVTX_THREADS, skip_errors=True)
-    except (RuntimeError, OSError) as exc:
-        issue(f"cannot open EVTX: {exc}", None)
-        return
     from_record = event_xml.native_from_record
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
+    with _parser_records(target, issue) as (records, caught):
+        if records is None:
+            return
         seen = 0
         ordinal = 0
-        records = parser.records()
         while True:
             try:
                 record = next(records)
@@ -267,36 +339,60 @@ def _read_evtx(target: Any, provenance: dict[str, Any], resume: int | None,
                 issue(f"EVTX parse stopped: {exc}", None)
                 break
             finally:
-                if len(caught) != seen:
-                    # A damage found before the resume point was already reported by the run that read past it.
-                    if resume is None or ordinal > resume:
-                        for w in caught[seen:]:
-                            issue(str(w.message), None)
-                    seen = len(caught)
+                seen = _report_new(caught, seen, ordinal, resume, issue)
             if record is None:
                 continue
             ordinal += 1
             if resume is not None and ordinal <= resume:
                 continue
-            if from_record is not None:
-                native_event = from_record(record, provenance)
-                if native_event is not None:
-                    yield native_event, ordinal
+            event = _evtx_event(record, provenance, from_record, issue)
+            if event is not None:
+                yield event, ordinal
+
+
+def _read_evtx_encoded(target: Any, provenance: dict[str, Any], resume: int | None,
+                       issue: Callable[[str, bytes | None], None], chunk_records: int) -> PositionedChunks:
+    """``_read_evtx`` a chunk at a time, the events already in Avro (``producers._evtxrender.encode_records``):
+    the same events, positions and reported issues. The records the C code declines, and the one that comes
+    with a parser warning, are read one by one as in ``_read_evtx`` and join the chunks encoded by the codec."""
+    native = event_xml._native
+    from_record = event_xml.native_from_record
+    encoded_provenance = provenance_avro(provenance)
+    with _parser_records(target, issue) as (records, caught):
+        if records is None:
+            return
+        seen = ordinal = 0  # warnings reported so far; records taken so far (the last one's ordinal)
+        while True:
+            skip = resume - ordinal if resume is not None and resume > ordinal else 0
+            stop, taken, data, ends, runs, pending = native.encode_records(
+                records, caught, encoded_provenance, chunk_records, skip)
+            ordinal += taken
+            if ends:
+                yield EncodedChunk(data, memoryview(ends).cast("I"), runs), ordinal
+            if stop == native.STOP_ERROR:  # reported in _read_evtx's order: the error, then the warnings
+                if isinstance(pending, RuntimeError):  # an error the parser could not skip: the rest is unreadable
+                    issue(f"EVTX parse stopped: {pending}", None)
+                _report_new(caught, seen, ordinal, resume, issue)
+                if isinstance(pending, RuntimeError):
+                    break
+                raise pending
+            seen = _report_new(caught, seen, ordinal, resume, issue)
+            if stop == native.STOP_END:
+                break
+            if stop == native.STOP_RECORD and pending is not None:
+                ordinal += 1
+                if resume is not None and ordinal <= resume:
                     continue
-            record_id = record["event_record_id"]
-            header_time = _evtx_ticks(record["timestamp"])
-            try:
-                event = parse_event_xml_fast(record["data"], provenance, header_time)
-            except EventXmlError as exc:
-                issue(f"record {record_id}: {exc}", record["data"].encode("utf-8", "replace"))
-                continue
-            # The XML rendering rounds SystemTime to microseconds; the record header keeps all 7 digits when it
-            # is the same instant (it usually is), so take the digit back from there.
-            if header_time is not None and header_time // 10 == event["time_created"] // 10:
-                event["time_created"] = header_time
-            if event["event_record_id"] is None:
-                event["event_record_id"] = record_id
-            yield event, ordinal
+                event = _evtx_event(pending, provenance, from_record, issue)
+                if event is None:
+                    continue
+                try:
+                    chunk = EncodedChunk.of_event(event)
+                except EncodeError as exc:
+                    issue(f"record {event['event_record_id']}: does not fit the RawEvent schema ({exc})",
+                          pending["data"].encode("utf-8", "replace"))
+                    continue
+                yield chunk, ordinal
 
 
 def _read_xml(stream: IO[bytes], provenance: dict[str, Any],

@@ -268,6 +268,12 @@ _VARIANTS = [
     (_LAST_DATA, _LAST_DATA + "    <Binary/>\n"),
     (_BASE_DATA, "    <Binary>00</Binary>\n"),
     ("  <EventData>", '  <EventData Name="X">'),
+    ("  <EventData>", '  <EventData Name="">'),
+    ("  <EventData>", '  <EventData Name="a\tb">'),
+    ("  <EventData>", '  <EventData Name="a<b">'),
+    ("  <EventData>", "  <EventData Name='X'>"),
+    ("  <EventData>", '  <EventData Name="X" Other="Y">'),
+    ("  <EventData>", '  <EventData Name="X"/>'),
 ]
 
 
@@ -280,6 +286,7 @@ def _user_data_rendering() -> str:
 
 
 _LOGON_ID = "<SubjectLogonId>0x14f509e2</SubjectLogonId>"
+_LOG_FILE_CLEARED = '<LogFileCleared xmlns="http://manifests.microsoft.com/win/2004/08/windows/eventlog">'
 _USER_DATA_VARIANTS = [
     ("", ""),
     (_LOGON_ID, "<SubjectLogonId></SubjectLogonId>"),
@@ -297,6 +304,18 @@ _USER_DATA_VARIANTS = [
     (_LOGON_ID, "<SubjectLogonId><Inner><Deeper>x</Deeper></Inner></SubjectLogonId>"),
     (_LOGON_ID, "<Subject\u00e9>0x1</Subject\u00e9>"),
     ("<Security>", '<Security UserID="S-1-5-18">'),
+    (_LOGON_ID, "<SubjectLogonId>0x1</SubjectLogonId><Empty></Empty><E2 A=\"1\"></E2>"),
+    (_LOGON_ID, "<SubjectLogonId><Empty></Empty></SubjectLogonId>"),
+    (_LOGON_ID, "<SubjectLogonId><Empty/></SubjectLogonId><E3 /><E4></E4 >"),
+    *((_LOG_FILE_CLEARED, f"<LogFileCleared {attributes}>") for attributes in (
+        'xmlns:auto-ns3="http://schemas.microsoft.com/win/2004/08/events" xmlns="LoadPerf"',
+        'xmlns="http://http://manifests.microsoft.com/win/2004/08/windows/eventlog"',
+        'x="1" xmlns="http://a.org/b"', 'xmlns="http://a.org/b" x="1"', 'x="1" x="2"', 'xmlns:p="http://a" xmlns:p="b"',
+        'xmlns=""', 'xmlns="a/b.c-d_e"', 'xmlns="1x"', 'xmlns:p="urn"', 'xmlns:p="a b"', 'xmlns:xml="http://a"',
+        'xmlns:xmlfoo="http://a"', 'xmlns:1="http://a"', 'xmlns:="http://a"', '1a="x"', '-a="x"', 'xmlns="//x"',
+        'xmlns="a:b"', 'xmlns="http://a.b/c//d"', 'xmlns="http://-a"', 'xmlns="http://[::1]/"', 'xmlns="http://a.b/%41"',
+        'xmlns:a="x" a:b="1"', 'xmlns:a="http://x"', " ".join(f'a{i}="{i}"' for i in range(17)))),
+    ("<UserData>\n    <LogFileCleared", "<UserData></UserData>\n    <LogFileCleared"),
 ]
 
 
