@@ -2,20 +2,21 @@
 
 The handler only routes: auth (workspace.auth), limits (workspace.limits), faults (workspace.faults), body
 decoding (workspace.body), the DCR's data flows (workspace.shaping) and storage (workspace.store) each do one
-job. Decoding and shaping run on one thread and SQLite writes on another (one transaction per request,
-serialised), so the event loop keeps reading requests while batches are shaped and written.
+job. Decoding, shaping and SQLite writes run on one committer thread (workspace.committer), which writes the
+requests that queued up meanwhile in one transaction, so the event loop keeps reading requests while batches
+are shaped and written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from secstream.config import WorkspaceEmulatorSettings, WorkspaceFaultSettings
 from workspace.auth import TokenVerifier, signing_secret
 from workspace.body import decode_body
+from workspace.committer import GroupCommitter
 from workspace.dcr import DEFAULT_DCR_DIR, Dcr, load_dcrs
 from workspace.errors import ApiError, content_too_large, dcr_not_found
 from workspace.faults import FaultInjector
@@ -100,9 +102,7 @@ class Emulator:
         self.limiter = DcrLimiter(Limits(settings.requests_per_minute, settings.bytes_per_minute,
                                          settings.burst_seconds))
         self.faults = FaultInjector(settings.faults)
-        # Two stages so one request's SQLite write (which releases the GIL) overlaps the next one's decoding.
-        self.shaper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workspace-shaper")
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workspace-writer")
+        self.committer = GroupCommitter(self.store)
 
     # -- the ingestion endpoint ------------------------------------------------------------------------------
 
@@ -134,13 +134,16 @@ class Emulator:
             return _error_response(err)
         job = _Request(dcr_id, stream, request_id, body, request.headers.get("Content-Encoding", ""),
                        datetime.now(UTC))
-        loop = asyncio.get_running_loop()
-        try:
-            outcome = await loop.run_in_executor(self.shaper, self._shape_body, job)
-        except ApiError as err:
-            await self._write(self._rejection(dcr_id, stream, request_id, err))
-            return _error_response(err)
-        await self._write(outcome)  # committed before the 204: accepted rows survive a crash
+
+        def prepare() -> RequestOutcome:
+            try:
+                return self._shape_body(job)
+            except ApiError as err:
+                return self._rejection(dcr_id, stream, request_id, err, job.received)
+
+        outcome = await self._store(prepare)  # committed before the 204: accepted rows survive a crash
+        if outcome.rejected is not None:
+            return _error_response(outcome.rejected)
         return web.Response(status=204)
 
     def _check_api_version(self, version: str | None) -> None:
@@ -153,14 +156,19 @@ class Emulator:
                            f"'{', '.join(API_VERSIONS)}'.")
 
     async def _write(self, outcome: RequestOutcome) -> None:
-        with _tracer.start_as_current_span("workspace.write", attributes={
-                "dcr": outcome.dcr, "stream": outcome.stream, "status": outcome.status,
-                "rows": sum(b.rows for b in outcome.batches)}):
-            await asyncio.get_running_loop().run_in_executor(self.writer, self.store.write, outcome)
+        await self._store(lambda: outcome)
+
+    async def _store(self, prepare: Callable[[], RequestOutcome]) -> RequestOutcome:
+        """``prepare`` (on the committer thread), then its outcome committed; counted once committed."""
+        with _tracer.start_as_current_span("workspace.write") as span:
+            outcome = await self.committer.submit(lambda: _with_reply(prepare()))
+            span.set_attributes({"dcr": outcome.dcr, "stream": outcome.stream, "status": outcome.status,
+                                 "rows": sum(b.rows for b in outcome.batches)})
         _count(outcome)
+        return outcome
 
     def _shape_body(self, job: _Request) -> RequestOutcome:
-        """Shaper thread: decode the body and apply every data flow of the stream."""
+        """Committer thread: decode the body and apply every data flow of the stream."""
         value = decode_body(job.body, job.content_encoding, self.settings.max_uncompressed_bytes)
         outcome = RequestOutcome(dcr=job.dcr, stream=job.stream, time=format_datetime(job.received), status=204,
                                  bytes_received=len(job.body))
@@ -183,8 +191,10 @@ class Emulator:
         return outcome
 
     @staticmethod
-    def _rejection(dcr: str, stream: str, request_id: str, err: ApiError) -> RequestOutcome:
-        outcome = RequestOutcome(dcr=dcr, stream=stream, time=format_datetime(datetime.now(UTC)), status=err.status)
+    def _rejection(dcr: str, stream: str, request_id: str, err: ApiError,
+                   received: datetime | None = None) -> RequestOutcome:
+        outcome = RequestOutcome(dcr=dcr, stream=stream, time=format_datetime(received or datetime.now(UTC)),
+                                 status=err.status, rejected=err)
         outcome.errors.append(ErrorRecord(dcr, stream, "Ingestion", err.status, err.code, err.message, request_id))
         return outcome
 
@@ -209,7 +219,9 @@ class Emulator:
         return await handler(request)
 
     async def health(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok", "pid": os.getpid(), "dcrs": self.describe()})
+        return _json({"status": "ok", "pid": os.getpid(), "dcrs": self.describe(),
+                      "commits": {"transactions": self.committer.transactions,
+                                  "requests": self.committer.requests}})
 
     async def get_faults(self, request: web.Request) -> web.Response:
         return _json(self.faults.settings.model_dump(mode="json") | {"pending_schedule": list(self.faults.schedule)})
@@ -240,7 +252,7 @@ class Emulator:
 
     async def reset(self, request: web.Request) -> web.Response:
         tables = sorted({s.table for shapers in self.shapers.values() for s in shapers})
-        await asyncio.get_running_loop().run_in_executor(self.writer, self.store.delete_all, tables)
+        await self.committer.exclusive(lambda: self.store.delete_all(tables))
         self.limiter.configure(self.limiter.limits)
         return _json({"deleted": tables})
 
@@ -261,9 +273,12 @@ class Emulator:
         return app
 
     def close(self) -> None:
-        self.shaper.shutdown(wait=True)
-        self.writer.shutdown(wait=True)
+        self.committer.close()
         self.store.close()
+
+
+def _with_reply(outcome: RequestOutcome) -> tuple[RequestOutcome, RequestOutcome]:
+    return outcome, outcome
 
 
 def _error_response(err: ApiError) -> web.Response:
@@ -315,6 +330,9 @@ async def serve(settings: WorkspaceEmulatorSettings, announce: Callable[[dict[st
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=tls.server_context() if tls else None,
                        backlog=512)
     await site.start()
+    # Everything alive now lives as long as the process: keep it out of the collector's full passes, which
+    # otherwise walk every imported module's objects again and again while requests allocate rows.
+    gc.freeze()
     port = _bound_port(runner, settings.port)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     info = {

@@ -1,8 +1,9 @@
 """The workspace's tables in SQLite: one typed table per output stream, plus DCRLogErrors and DCR metrics.
 
-WAL mode, one transaction per request: a 204 is sent only after the rows are committed, so anything the
-client saw accepted survives a restart. ``synchronous=NORMAL`` keeps commits durable across a process crash
-(not across power loss), which is what an emulator needs.
+WAL mode. Requests are committed in groups (``write_group``), one savepoint each; a 204 is sent only after
+the transaction holding the request's rows is committed, so anything the client saw accepted survives a
+restart. ``synchronous=NORMAL`` keeps commits durable across a process crash (not across power loss), which
+is what an emulator needs.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from workspace.dcr import Column, Table
+from workspace.errors import ApiError
 from workspace.paths import DB_NAME
 from workspace.shaping import EXTRA_COLUMNS, ShapedBatch, platform_defaults
 
 _SQL_TYPES = {"string": "TEXT", "guid": "TEXT", "datetime": "TEXT", "dynamic": "TEXT",
               "int": "INTEGER", "long": "INTEGER", "boolean": "INTEGER", "real": "REAL"}
+PAGE_SIZE = 65_536
+CHECKPOINT_BYTES = 40 * 1024 * 1024
+ROWS_PER_INSERT = 16  # measured: ~15% fewer write instructions per row than one row per execution
 ERRORS_TABLE = "DCRLogErrors"
 METRICS_TABLE = "DCRMetrics"
 _META_DDL = (
@@ -89,6 +95,7 @@ class RequestOutcome:
     errors: list[ErrorRecord] = field(default_factory=list)
     bytes_received: int = 0
     records_received: int = 0
+    rejected: ApiError | None = None  # the error answered instead of a 204 (its DCRLogErrors row is in errors)
 
     def metrics(self) -> dict[str, int]:
         counts = {f"requests.{self.status}": 1, "bytes_received": self.bytes_received,
@@ -109,14 +116,20 @@ class Store:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / DB_NAME
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Room for the INSERT statements of many column sets (each one-row and multi-row) without re-preparing.
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, cached_statements=256)
+        # A new store gets 64 KiB pages: ~13x fewer WAL writes and checkpoint reads/writes (system calls) than 4 KiB
+        # for the same rows. No effect on an existing store (its page size is fixed once it has data).
+        self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        # Checkpoint (copy the WAL into the database, with an fsync) every ~40 MB instead of every 4 MB.
-        self.db.execute("PRAGMA wal_autocheckpoint=10000")
+        # Checkpoint (copy the WAL into the database, with an fsync) every ~40 MB instead of every 1000 pages.
+        (page_size,) = self.db.execute("PRAGMA page_size").fetchone()
+        self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_BYTES // page_size}")
         for ddl in _META_DDL:
             self.db.execute(ddl)
-        self._insert_sql: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._insert_sql: dict[tuple[str, tuple[str, ...], int], str] = {}
+        self._max_variables = self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
     def ensure_table(self, table: Table) -> None:
         """Create the table (a typed storage table and its view), or add the columns a changed definition
@@ -135,26 +148,65 @@ class Store:
         self.db.execute(f"DROP VIEW IF EXISTS {quote(table.name)}")
         self.db.execute(view_ddl(table))
 
-    def _insert(self, table: str, columns: tuple[str, ...]) -> str:
-        sql = self._insert_sql.get((table, columns))
+    def _insert(self, table: str, columns: tuple[str, ...], rows: int) -> str:
+        """``INSERT`` of ``rows`` rows at once (one statement execution instead of ``rows``)."""
+        sql = self._insert_sql.get((table, columns, rows))
         if sql is None:
             names = ", ".join(quote(c) for c in columns)
-            sql = f"INSERT INTO {quote(storage_table(table))} ({names}) VALUES ({', '.join('?' * len(columns))})"
-            self._insert_sql[(table, columns)] = sql
+            values = ", ".join([f"({', '.join('?' * len(columns))})"] * rows)
+            sql = f"INSERT INTO {quote(storage_table(table))} ({names}) VALUES {values}"
+            self._insert_sql[(table, columns, rows)] = sql
         return sql
 
+    def _insert_rows(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows in their order, ``ROWS_PER_INSERT`` per statement execution: each execution has a fixed cost
+        (reset, halt, per-step bookkeeping) that a 240-column table makes worth sharing."""
+        per = max(1, min(ROWS_PER_INSERT, self._max_variables // max(1, len(columns))))
+        whole = len(rows) - len(rows) % per
+        if per > 1 and whole:
+            self.db.executemany(self._insert(table, columns, per),
+                                [tuple(chain.from_iterable(rows[i:i + per])) for i in range(0, whole, per)])
+        else:
+            whole = 0
+        if whole < len(rows):
+            self.db.executemany(self._insert(table, columns, 1), rows[whole:])
+
     def write(self, outcome: RequestOutcome) -> None:
+        """One request in its own transaction."""
+        (failure,) = self.write_group([outcome])
+        if failure is not None:
+            raise failure
+
+    def write_group(self, outcomes: Sequence[RequestOutcome]) -> list[Exception | None]:
+        """Several requests in one transaction (group commit), each in its own savepoint: a request whose rows
+        cannot be written is rolled back alone and its error returned in its place; the others are committed.
+        Raises (with nothing stored) only when the transaction itself cannot be committed."""
         db = self.db
+        failures: list[Exception | None] = []
         db.execute("BEGIN")
         try:
-            for batch in outcome.batches:
-                for columns, rows in batch.groups.items():
-                    db.executemany(self._insert(batch.table, columns), rows)
-            self._write_meta(outcome)
+            for outcome in outcomes:
+                db.execute("SAVEPOINT request")
+                try:
+                    self._write_one(outcome)
+                except Exception as exc:
+                    db.execute("ROLLBACK TO request")
+                    failures.append(exc)
+                else:
+                    failures.append(None)
+                db.execute("RELEASE request")
+            db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
+        return failures
+
+    def _write_one(self, outcome: RequestOutcome) -> None:
+        for batch in outcome.batches:
+            for columns, rows in batch.groups.items():
+                self._insert_rows(batch.table, columns, rows)
+        self._write_meta(outcome)
 
     def _write_meta(self, outcome: RequestOutcome) -> None:
         self.db.executemany(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -333,6 +334,50 @@ def test_rows_survive_restart_and_crash(tmp_path: Path) -> None:
         assert emulator.metrics()["rows_stored.SecurityEvent"] == 800
         emulator.client().upload(emulator.dcr_immutable_id, emulator.stream_name, [{"TimeGenerated": now()}])
         assert emulator.count() == 801
+
+
+def test_every_204_survives_a_kill_during_concurrent_group_commits(tmp_path: Path) -> None:
+    """Concurrent requests are committed in shared transactions; a SIGKILL while they are in flight must not lose
+    any request that was answered 204 (requests cut off by the kill may or may not be stored, but never in part)."""
+    rows_per_request = 40
+    answered: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    with WorkspaceEmulator(tmp_path / "state") as emulator:
+        token = emulator.token()
+
+        def send(worker: int) -> None:
+            for n in range(1000):
+                if stop.is_set():
+                    return
+                request_id = f"w{worker}-{n}"
+                body = json.dumps([{"TimeGenerated": now(), "Computer": "crash", "EventID": i}
+                                   for i in range(rows_per_request)]).encode()
+                try:
+                    reply = emulator.post(emulator.dcr_immutable_id, emulator.stream_name, body, gzip_body=True,
+                                          token=token, request_id=request_id)
+                except OSError:  # the server is gone
+                    return
+                if reply.status == 204:
+                    with lock:
+                        answered.append(request_id)
+
+        threads = [threading.Thread(target=send, args=(w,)) for w in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(answered) < 60 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        emulator.kill()  # mid-flight: other requests are being shaped, written or committed right now
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert len(answered) >= 60
+        emulator.start()
+        stored = {r["_RequestId"]: r["n"] for r in emulator.query(
+            "SELECT _RequestId, count(*) AS n FROM SecurityEvent WHERE Computer = 'crash' GROUP BY 1")}
+    assert set(answered) <= set(stored)
+    assert set(stored.values()) == {rows_per_request}  # every stored request is whole
 
 
 def test_accept_any_token_mode_over_plain_http(tmp_path: Path) -> None:
