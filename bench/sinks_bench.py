@@ -45,6 +45,7 @@ from secstream.kafka import producer_config  # noqa: E402
 from secstream.lifecycle import run_stage  # noqa: E402
 from secstream.topics import ensure_topics  # noqa: E402
 from sinks.request_builder import RequestBuilder, encode, gzip_body  # noqa: E402
+from sinks.row_json import RowDecoder, serialise_rows  # noqa: E402
 from sinks.runner import SinkStage  # noqa: E402
 from sinks.service import IngestionService  # noqa: E402
 from tests.sinks.rows import encoded, make_batches  # noqa: E402
@@ -145,20 +146,29 @@ def zlib_gzip(data: bytes, level: int) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-def cpu_breakdown(values: list[bytes]) -> dict[str, float]:
-    """CPU µs per row of the sink's own steps, no I/O: decode, serialise + pack, gzip (ISA-L and zlib levels)."""
+def cpu_breakdown(values: list[bytes]) -> dict[str, Any]:
+    """CPU µs per row of the sink's own steps, no I/O: message value -> row JSON (native, and the reference path:
+    decode to dicts, then orjson), packing, gzip (ISA-L and zlib levels)."""
     from schemas.codec import decode_security_batch
 
+    native_decoder, reference_decoder = RowDecoder(native_json=None), RowDecoder(native_json=False)
+    t = time.process_time()
+    batches = [native_decoder.decode(v) for v in values]
+    rows = sum(len(b.rows) for b in batches)
+    out: dict[str, float] = {"value_to_row_json_us": time.process_time() - t}
     t = time.process_time()
     decoded = [decode_security_batch(v) for v in values]
-    rows = sum(len(b["rows"]) for b in decoded)
-    decode = time.process_time() - t
+    out["reference_decode_us"] = time.process_time() - t
+    t = time.process_time()
+    reference = [serialise_rows(b) for b in decoded]
+    out["reference_serialise_us"] = time.process_time() - t
+    assert [b.rows for b in reference] == [b.rows for b in batches] == [reference_decoder.decode(v).rows
+                                                                         for v in values]
     builder = RequestBuilder()
     t = time.process_time()
-    requests = [r for i, b in enumerate(decoded) for r in builder.add(0, i, b["computer"], b["rows"]).requests]
+    requests = [r for i, b in enumerate(batches) for r in builder.add_json(0, i, b.computer, b.rows).requests]
     requests += builder.drain()
-    pack = time.process_time() - t
-    out: dict[str, float] = {"decode_us": decode, "serialise_and_pack_us": pack}
+    out["pack_us"] = time.process_time() - t
     sizes: dict[str, int] = {}
     bodies = [r.json_body() for r in requests]
     for label, compress in (("isal1", lambda b: gzip_body(b, 1)), ("zlib1", lambda b: zlib_gzip(b, 1)),
@@ -167,6 +177,7 @@ def cpu_breakdown(values: list[bytes]) -> dict[str, float]:
         sizes[label] = sum(len(compress(b)) for b in bodies)
         out[f"gzip_{label}_us"] = time.process_time() - t
     result = {k: round(v / rows * 1e6, 2) for k, v in out.items()}
+    result["row_json_native"] = native_decoder.native_in_use
     result["json_bytes_per_row"] = round(sum(r.raw_bytes for r in requests) / rows)
     result.update({f"gzip_{label}_bytes_per_row": round(size / rows) for label, size in sizes.items()})
     print(f"{'cpu':>10}: {result}", flush=True)
@@ -176,13 +187,13 @@ def cpu_breakdown(values: list[bytes]) -> dict[str, float]:
 def per_row_path(stage: str, rows: int, batch: int, run: bool) -> None:
     """The per-row work alone, for ``valgrind --tool=callgrind`` (instruction counts do not depend on the load).
 
-    ``sink``: on decoded messages, the status recorder, packing (serialise), gzip and offset tracking, no Kafka and
-    no HTTP. ``emulator``: on the sink's gzip bodies, the emulator's decode + shaping + SQLite write, in-process.
+    ``sink``: on message values, decoding to row JSON (``sinks.row_json``), the status recorder, packing, gzip and
+    offset tracking, no Kafka and no HTTP (``SECSTREAM_NATIVE_ROW_JSON=0``: by decoded dicts and orjson).
+    ``emulator``: on the sink's gzip bodies, the emulator's decode + shaping + SQLite write, in-process.
     Everything is prepared first; ``run=False`` prepares only, so (count with run) - (count without) = the path.
     """
     from datetime import UTC, datetime
 
-    from schemas.codec import decode_security_batch
     from secstream.config import WorkspaceEmulatorSettings
     from secstream.status import StatusRecorder
     from sinks.checkpoint import OffsetTracker
@@ -190,13 +201,15 @@ def per_row_path(stage: str, rows: int, batch: int, run: bool) -> None:
 
     batches = make_batches(rows, batch, computers=50)
     if stage == "sink":
-        decoded = [decode_security_batch(v) for _, v in encoded(batches)]
+        values = [v for _, v in encoded(batches)]
+        decoder = RowDecoder()
         status, tracker, builder = StatusRecorder(Settings(), "bench"), OffsetTracker(), RequestBuilder()
         requests = []
-        for offset, message in enumerate(decoded if run else []):
-            tracker.register(0, offset, len(message["rows"]))
-            status.took(0, offset, message["computer"], message["rows"])
-            requests += builder.add(0, offset, message["computer"], message["rows"]).requests
+        for offset, value in enumerate(values if run else []):
+            message = decoder.decode(value)
+            tracker.register(0, offset, len(message.rows))
+            status.took(0, offset, message.computer, message.status_rows)
+            requests += builder.add_json(0, offset, message.computer, message.rows).requests
         for request in requests + builder.drain():
             for part, _body in encode(request):
                 tracker.accepted(part.segments)

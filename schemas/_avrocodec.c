@@ -14,6 +14,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 enum Kind { K_NULL, K_BOOLEAN, K_INT, K_LONG, K_FLOAT, K_DOUBLE, K_STRING, K_BYTES, K_RECORD, K_ARRAY, K_COUNT };
 enum Flag { F_NULLABLE = 1, F_DEFAULT = 2, F_SPARSE = 4, F_COLUMN = 8 };
@@ -30,6 +33,8 @@ typedef struct {
     PyObject *names;    /* record: tuple of its field names, in order */
     PyObject *model;    /* record: {name: None, ...} in field order, cloned per decoded record (see new_record) */
     struct Shape *shapes; /* sparse record: models of the sets of fields rows had (see dec_sparse) */
+    char *json_key;     /* a sparse record's field: `,"name":` as JSON (decode_json writes from byte 1 first) */
+    Py_ssize_t json_key_len;
 } Node;
 
 /* Decoded short ASCII strings are looked up in a small direct-mapped cache first: field names, channels, hosts,
@@ -564,9 +569,12 @@ fail:
 /* ------------------------------------------------------------------------------------------------------------ */
 /* decoding                                                                                                     */
 
+struct Json;
+
 typedef struct {
     const unsigned char *buf;
     Py_ssize_t pos, end;
+    struct Json *json; /* decode_json: sparse records become JSON bytes (see dec_sparse_json); NULL: dicts */
 } In;
 
 static inline uint64_t load_le(const unsigned char *p, Py_ssize_t n) /* n <= 8 */
@@ -668,7 +676,45 @@ static int read_size(In *in, Node *node, Py_ssize_t *out)
     return 0;
 }
 
+/* How many of the next `left` fields of a sparse record are null, as far as 8-byte loads can tell at once (most
+ * columns are null): the caller skips that many markers, then looks at the next field itself. */
+static inline Py_ssize_t null_markers(In *in, Py_ssize_t left)
+{
+    Py_ssize_t nulls = 0;
+    while (left - nulls >= 8 && in->end - in->pos - nulls >= 8) {
+        uint64_t word = load_le(in->buf + in->pos + nulls, 8);
+        if (word != 0) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            nulls += __builtin_ctzll(word) >> 3; /* the first non-zero byte is the first non-null marker */
+#endif
+            break;
+        }
+        nulls += 8;
+    }
+    return nulls;
+}
+
+/* Moves from field *i of a sparse record past null markers: 1 at the union byte of a non-null field (*i is its
+ * index), 0 at the record's end, -1 (error set) when the data ends first. */
+static int next_present(Program *pg, Node *record, In *in, Py_ssize_t *i)
+{
+    for (;;) {
+        Py_ssize_t nulls = null_markers(in, record->count - *i);
+        *i += nulls;
+        in->pos += nulls;
+        if (*i == record->count)
+            return 0;
+        if (in->pos >= in->end)
+            return truncated(in, pg->nodes + record->first + *i);
+        if (in->buf[in->pos] != 0)
+            return 1;
+        in->pos++;
+        (*i)++;
+    }
+}
+
 static PyObject *dec_value(Program *pg, Node *node, In *in);
+static PyObject *dec_sparse_json(Program *pg, Node *node, In *in);
 
 static PyObject *dec_record(Program *pg, Node *node, In *in)
 {
@@ -721,24 +767,14 @@ static PyObject *dec_sparse(Program *pg, Node *node, In *in)
             goto end;
         }
     }
-    Node *field = pg->nodes + node->first;
-    for (Py_ssize_t i = 0; i < node->count; i++, field++) {
-        /* Most columns are null: skip null markers eight at a time. */
-        while (i + 8 <= node->count && in->end - in->pos >= 8 && load_le(in->buf + in->pos, 8) == 0) {
-            i += 8;
-            field += 8;
-            in->pos += 8;
-        }
-        if (i == node->count)
+    for (Py_ssize_t i = 0;; i++) {
+        int present = next_present(pg, node, in, &i);
+        if (present <= 0) {
+            if (present < 0)
+                goto end;
             break;
-        if (in->pos >= in->end) {
-            truncated(in, field);
-            goto end;
         }
-        if (in->buf[in->pos] == 0) {
-            in->pos++;
-            continue;
-        }
+        Node *field = pg->nodes + node->first + i;
         PyObject *value = dec_value(pg, field, in); /* checks the branch byte */
         if (value == NULL)
             goto end;
@@ -917,12 +953,359 @@ static PyObject *dec_value(Program *pg, Node *node, In *in)
         return PyFloat_FromDouble(d);
     }
     case K_RECORD:
-        return (node->flags & F_SPARSE) ? dec_sparse(pg, node, in) : dec_record(pg, node, in);
+        if (node->flags & F_SPARSE)
+            return in->json != NULL ? dec_sparse_json(pg, node, in) : dec_sparse(pg, node, in);
+        return dec_record(pg, node, in);
     case K_ARRAY:
         return dec_array(pg, node, in);
     default:
         Py_RETURN_NONE;
     }
+}
+
+/* ------------------------------------------------------------------------------------------------------------ */
+/* decoding sparse records straight to JSON                                                                     */
+
+/* decode_json writes each sparse record as the JSON that orjson.dumps writes for the dict `decode` returns with
+ * its empty values left out: fields in schema order, null and "" fields absent, strings escaped as orjson escapes
+ * them (", \ and the control characters, nothing else), ints in decimal, booleans as true/false, and floats as
+ * the caller's float_json (orjson.dumps itself) writes them. Strings are checked to be UTF-8 by the same decoder
+ * that `decode` uses, so both accept and refuse the same input. No Python object is made per record except the
+ * JSON bytes and, for the fields the caller asks for, a dict of their values (`projections`). */
+
+#define MAX_PROJECT 8
+
+typedef struct Json {
+    char *buf; /* one record's JSON, reused from record to record */
+    Py_ssize_t len, cap;
+    PyObject *projections; /* list: per sparse record, a dict of its projected non-null fields */
+    PyObject *project[MAX_PROJECT]; /* interned field names */
+    Py_ssize_t nproject;
+    PyObject *float_json;
+} Json;
+
+/* the character after the backslash when a byte must be escaped ('u': \u00XX), 0 when it is copied as is */
+static unsigned char json_escape[256];
+static const char hex_digits[] = "0123456789abcdef";
+
+static void json_escape_init(void)
+{
+    for (int c = 0; c < 0x20; c++)
+        json_escape[c] = 'u';
+    json_escape['\b'] = 'b';
+    json_escape['\t'] = 't';
+    json_escape['\n'] = 'n';
+    json_escape['\f'] = 'f';
+    json_escape['\r'] = 'r';
+    json_escape['"'] = '"';
+    json_escape['\\'] = '\\';
+}
+
+static int json_grow(Json *j, Py_ssize_t need)
+{
+    Py_ssize_t cap = j->cap;
+    if (need > PY_SSIZE_T_MAX / 2 - j->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    while (cap - j->len < need)
+        cap *= 2;
+    char *buf = PyMem_Realloc(j->buf, cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    j->buf = buf;
+    j->cap = cap;
+    return 0;
+}
+
+static inline int json_reserve(Json *j, Py_ssize_t n)
+{
+    return (j->cap - j->len >= n) ? 0 : json_grow(j, n);
+}
+
+static inline char *put_escape(char *o, unsigned char c)
+{
+    unsigned char e = json_escape[c];
+    *o++ = '\\';
+    *o++ = (char)e;
+    if (e == 'u') {
+        *o++ = '0';
+        *o++ = '0';
+        *o++ = hex_digits[c >> 4];
+        *o++ = hex_digits[c & 15];
+    }
+    return o;
+}
+
+/* `"` + the escaped bytes + `"`; the caller reserved JSON_STRING_ROOM(n) bytes. `readable` bytes from p on may
+ * be read (at least n; more lets the last bytes go 16 at a time too). */
+#define JSON_STRING_ROOM(n) (6 * (n) + 2 + 16)
+static void json_put_string(Json *j, const unsigned char *p, Py_ssize_t n, Py_ssize_t readable)
+{
+    char *o = j->buf + j->len;
+    Py_ssize_t i = 0;
+    *o++ = '"';
+#if defined(__SSE2__) && defined(__GNUC__)
+    /* 16 bytes at a time: copy the block, then keep the part before its first byte to escape (or the string's
+     * end). The 16 bytes written fit: at most 6 * i + 1 bytes were written so far of the 6 * n + 18 reserved. */
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), last_control = _mm_set1_epi8(0x1F);
+    while (i < n && i + 16 <= readable) {
+        __m128i block = _mm_loadu_si128((const __m128i *)(p + i));
+        _mm_storeu_si128((__m128i *)o, block);
+        __m128i control = _mm_cmpeq_epi8(_mm_max_epu8(block, last_control), last_control); /* bytes <= 0x1F */
+        __m128i hits = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(block, quote), _mm_cmpeq_epi8(block, backslash)),
+                                    control);
+        unsigned int mask = (unsigned int)_mm_movemask_epi8(hits);
+        if (n - i < 16)
+            mask &= (1u << (n - i)) - 1; /* the bytes after the string's end are not ours */
+        if (mask == 0) {
+            Py_ssize_t step = n - i < 16 ? n - i : 16;
+            i += step;
+            o += step;
+            continue;
+        }
+        unsigned int k = (unsigned int)__builtin_ctz(mask);
+        o += k;
+        i += k;
+        o = put_escape(o, p[i++]);
+    }
+#endif
+    for (; i < n; i++) {
+        unsigned char c = p[i];
+        if (json_escape[c] == 0)
+            *o++ = (char)c;
+        else
+            o = put_escape(o, c);
+    }
+    *o++ = '"';
+    j->len = o - j->buf;
+}
+
+static void json_put_long(Json *j, int64_t v) /* the caller reserved 20 bytes */
+{
+    char digits[20];
+    int k = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        digits[k++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u != 0);
+    char *o = j->buf + j->len;
+    if (v < 0)
+        *o++ = '-';
+    while (k > 0)
+        *o++ = digits[--k];
+    j->len = o - j->buf;
+}
+
+#define KEY_ROOM 32
+
+static inline void put_key(Json *j, const char *key, Py_ssize_t key_len) /* the caller reserved KEY_ROOM more */
+{
+#if defined(__SSE2__)
+    if (key_len <= KEY_ROOM) {
+        _mm_storeu_si128((__m128i *)(j->buf + j->len), _mm_loadu_si128((const __m128i *)key));
+        _mm_storeu_si128((__m128i *)(j->buf + j->len + 16), _mm_loadu_si128((const __m128i *)(key + 16)));
+        j->len += key_len;
+        return;
+    }
+#endif
+    memcpy(j->buf + j->len, key, key_len);
+    j->len += key_len;
+}
+
+/* `,"name":` for a field of a sparse record (PyMem), escaped like a value. */
+static int json_key_for(Node *field)
+{
+    Py_ssize_t size;
+    const char *name = PyUnicode_AsUTF8AndSize(field->key, &size);
+    if (name == NULL)
+        return -1;
+    /* KEY_ROOM + 1 bytes at least: keys that short are copied (from byte 0 or 1) in two 16-byte moves */
+    Py_ssize_t room = JSON_STRING_ROOM(size) + 2 < KEY_ROOM + 1 ? KEY_ROOM + 1 : JSON_STRING_ROOM(size) + 2;
+    Json j = {PyMem_Calloc(1, room), 0, room, NULL, {NULL}, 0, NULL};
+    if (j.buf == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    j.buf[j.len++] = ',';
+    json_put_string(&j, (const unsigned char *)name, size, size);
+    j.buf[j.len++] = ':';
+    field->json_key = j.buf;
+    field->json_key_len = j.len;
+    return 0;
+}
+
+static int int_range_error(In *in, Node *node, Py_ssize_t at)
+{
+    PyErr_Format(PyExc_ValueError, "%U: int at offset %zd is out of the 32-bit range", node->label, at);
+    (void)in;
+    return -1;
+}
+
+/* One present (non-null) field's value, after its branch byte, as JSON (nothing for ""). */
+static int json_field(Json *j, Node *field, In *in, int first)
+{
+    const char *key = field->json_key + first;
+    Py_ssize_t key_len = field->json_key_len - first;
+    switch (field->kind) {
+    case K_STRING: {
+        Py_ssize_t size;
+        if (read_size(in, field, &size) < 0)
+            return -1;
+        const unsigned char *p = in->buf + in->pos;
+        in->pos += size;
+        if (size == 0)
+            return 0; /* an empty value: left out */
+        if (!is_ascii(p, size)) { /* the check `decode` makes, with its error */
+            PyObject *text = PyUnicode_DecodeUTF8((const char *)p, size, NULL);
+            if (text == NULL)
+                return -1;
+            Py_DECREF(text);
+        }
+        if (size > (PY_SSIZE_T_MAX / 8) - key_len) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (json_reserve(j, KEY_ROOM + key_len + JSON_STRING_ROOM(size)) < 0)
+            return -1;
+        put_key(j, key, key_len);
+        json_put_string(j, p, size, in->end - (p - in->buf));
+        return 1;
+    }
+    case K_INT:
+    case K_LONG: {
+        int64_t value;
+        Py_ssize_t at = in->pos;
+        if (read_long_fast(in, field, &value) < 0)
+            return -1;
+        if (field->kind == K_INT && (value < INT32_MIN || value > INT32_MAX))
+            return int_range_error(in, field, at);
+        if (json_reserve(j, KEY_ROOM + key_len + 20) < 0)
+            return -1;
+        put_key(j, key, key_len);
+        json_put_long(j, value);
+        return 1;
+    }
+    case K_BOOLEAN: {
+        if (in->pos >= in->end)
+            return truncated(in, field);
+        unsigned int byte = in->buf[in->pos++];
+        if (byte > 1) {
+            PyErr_Format(PyExc_ValueError, "%U: boolean byte %u at offset %zd", field->label, byte, in->pos - 1);
+            return -1;
+        }
+        if (json_reserve(j, KEY_ROOM + key_len + 5) < 0)
+            return -1;
+        put_key(j, key, key_len);
+        memcpy(j->buf + j->len, byte ? "true" : "false", byte ? 4 : 5);
+        j->len += byte ? 4 : 5;
+        return 1;
+    }
+    case K_FLOAT:
+    case K_DOUBLE: {
+        Py_ssize_t size = field->kind == K_DOUBLE ? 8 : 4;
+        if (in->end - in->pos < size)
+            return truncated(in, field);
+        const char *p = (const char *)in->buf + in->pos;
+        in->pos += size;
+        double d = size == 8 ? PyFloat_Unpack8(p, 1) : PyFloat_Unpack4(p, 1);
+        if (d == -1.0 && PyErr_Occurred())
+            return -1;
+        PyObject *number = PyFloat_FromDouble(d);
+        if (number == NULL)
+            return -1;
+        PyObject *text = PyObject_CallOneArg(j->float_json, number);
+        Py_DECREF(number);
+        if (text == NULL)
+            return -1;
+        if (!PyBytes_Check(text)) {
+            Py_DECREF(text);
+            PyErr_Format(PyExc_TypeError, "%U: float_json must return bytes", field->label);
+            return -1;
+        }
+        int r = json_reserve(j, KEY_ROOM + key_len + PyBytes_GET_SIZE(text));
+        if (r == 0) {
+            put_key(j, key, key_len);
+            memcpy(j->buf + j->len, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text));
+            j->len += PyBytes_GET_SIZE(text);
+        }
+        Py_DECREF(text);
+        return r < 0 ? -1 : 1;
+    }
+    default:
+        PyErr_Format(PyExc_ValueError, "%U: bytes have no JSON form", field->label);
+        return -1;
+    }
+}
+
+static PyObject *dec_sparse_json(Program *pg, Node *node, In *in)
+{
+    Json *j = in->json;
+    PyObject *keys[MAX_PROJECT], *values[MAX_PROJECT];
+    Py_ssize_t projected = 0;
+    PyObject *result = NULL, *dict = NULL;
+    int first = 1;
+    j->len = 0;
+    if (json_reserve(j, 2) < 0)
+        return NULL;
+    j->buf[j->len++] = '{';
+    for (Py_ssize_t i = 0;; i++) {
+        int present = next_present(pg, node, in, &i);
+        if (present <= 0) {
+            if (present < 0)
+                goto fail;
+            break;
+        }
+        Node *field = pg->nodes + node->first + i;
+        unsigned int branch = in->buf[in->pos];
+        for (Py_ssize_t k = 0; k < j->nproject; k++)
+            if (field->key == j->project[k]) {
+                In peek = *in;
+                peek.json = NULL;
+                PyObject *value = dec_value(pg, field, &peek); /* checks the branch byte */
+                if (value == NULL)
+                    goto fail;
+                keys[projected] = field->key;
+                values[projected++] = value;
+                break;
+            }
+        if (branch != 2) {
+            PyErr_Format(PyExc_ValueError, "%U: union branch %u at offset %zd (expected 0 or 1)", field->label,
+                         branch, in->pos);
+            goto fail;
+        }
+        in->pos++;
+        int written = json_field(j, field, in, first);
+        if (written < 0)
+            goto fail;
+        if (written)
+            first = 0;
+    }
+    if (json_reserve(j, 1) < 0)
+        goto fail;
+    j->buf[j->len++] = '}';
+    result = PyBytes_FromStringAndSize(j->buf, j->len);
+    if (result == NULL)
+        goto fail;
+    dict = _PyDict_NewPresized(projected);
+    for (Py_ssize_t k = 0; dict != NULL && k < projected; k++)
+        if (PyDict_SetItem(dict, keys[k], values[k]) < 0)
+            Py_CLEAR(dict);
+    if (dict == NULL || PyList_Append(j->projections, dict) < 0)
+        goto fail;
+    Py_DECREF(dict);
+    for (Py_ssize_t k = 0; k < projected; k++)
+        Py_DECREF(values[k]);
+    return result;
+fail:
+    for (Py_ssize_t k = 0; k < projected; k++)
+        Py_DECREF(values[k]);
+    Py_XDECREF(dict);
+    Py_XDECREF(result);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------------------------------------------ */
@@ -939,6 +1322,7 @@ static void program_clear_nodes(Program *self)
         Py_XDECREF(self->nodes[i].index);
         Py_XDECREF(self->nodes[i].names);
         Py_XDECREF(self->nodes[i].model);
+        PyMem_Free(self->nodes[i].json_key);
         if (self->nodes[i].shapes != NULL) {
             for (Py_ssize_t j = 0; j < SHAPES; j++)
                 Py_XDECREF(self->nodes[i].shapes[j].model);
@@ -1100,6 +1484,12 @@ static int program_load(Program *self, PyObject *nodes)
     }
     if (self->nodes[0].kind != K_RECORD)
         return bad_program(0, "the root must be a record");
+    /* Fields come after their record, so their keys are loaded only now. */
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (self->nodes[i].flags & F_SPARSE)
+            for (Py_ssize_t f = self->nodes[i].first; f < self->nodes[i].first + self->nodes[i].count; f++)
+                if (self->nodes[f].key == NULL || json_key_for(self->nodes + f) < 0)
+                    return self->nodes[f].key == NULL ? bad_program(f, "a record field needs a key") : -1;
     return program_check_sizes(self);
 }
 
@@ -1201,9 +1591,85 @@ static PyObject *program_decode(Program *self, PyObject *const *args, Py_ssize_t
     return result;
 }
 
+PyDoc_STRVAR(decode_json_doc, "decode_json(buf, pos, project, float_json) -> (record, end, projections)\n\n"
+             "As decode, but every sparse record is its JSON (bytes): the orjson.dumps of the dict decode returns, "
+             "without its empty (\"\") values. projections: per sparse record, a dict of those of its non-null "
+             "fields named in project (a tuple of at most 8 names). float_json(float) -> bytes writes float and "
+             "double values (orjson.dumps). ValueError on corrupt input, as decode.");
+
+static PyObject *program_decode_json(Program *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    Py_buffer view;
+    Py_ssize_t pos;
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "decode_json(buf, pos, project, float_json)");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *project = args[2];
+    if (!PyTuple_Check(project) || PyTuple_GET_SIZE(project) > MAX_PROJECT) {
+        PyErr_Format(PyExc_TypeError, "decode_json: project must be a tuple of at most %d names", MAX_PROJECT);
+        return NULL;
+    }
+    if (!PyCallable_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "decode_json: float_json must be callable");
+        return NULL;
+    }
+    Json json = {NULL, 0, 4096, NULL, {NULL}, 0, args[3]};
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(project); k++) {
+        PyObject *name = PyTuple_GET_ITEM(project, k);
+        if (!PyUnicode_CheckExact(name)) {
+            PyErr_SetString(PyExc_TypeError, "decode_json: project must be a tuple of str");
+            goto fail;
+        }
+        Py_INCREF(name);
+        PyUnicode_InternInPlace(&name); /* field keys are interned: compared by identity */
+        json.project[json.nproject++] = name;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        goto fail;
+    if (pos < 0 || pos > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_Format(PyExc_ValueError, "offset %zd is outside the %zd bytes", pos, view.len);
+        goto fail;
+    }
+    json.buf = PyMem_Malloc(json.cap);
+    json.projections = PyList_New(0);
+    if (json.buf == NULL || json.projections == NULL) {
+        PyBuffer_Release(&view);
+        if (json.buf == NULL)
+            PyErr_NoMemory();
+        goto fail;
+    }
+    In in = {(const unsigned char *)view.buf, pos, view.len, &json};
+    int gc_was_enabled = PyGC_Disable(); /* as in decode */
+    PyObject *record = dec_record(self, self->nodes, &in);
+    if (gc_was_enabled)
+        PyGC_Enable();
+    PyBuffer_Release(&view);
+    if (record == NULL)
+        goto fail;
+    PyObject *result = Py_BuildValue("(NnO)", record, in.pos, json.projections);
+    Py_XDECREF(json.projections);
+    PyMem_Free(json.buf);
+    for (Py_ssize_t k = 0; k < json.nproject; k++)
+        Py_DECREF(json.project[k]);
+    return result;
+fail:
+    Py_XDECREF(json.projections);
+    PyMem_Free(json.buf);
+    for (Py_ssize_t k = 0; k < json.nproject; k++)
+        Py_DECREF(json.project[k]);
+    return NULL;
+}
+
 static PyMethodDef program_methods[] = {
     {"encode", (PyCFunction)(void (*)(void))program_encode, METH_FASTCALL | METH_KEYWORDS, encode_doc},
     {"decode", (PyCFunction)(void (*)(void))program_decode, METH_FASTCALL | METH_KEYWORDS, decode_doc},
+    {"decode_json", (PyCFunction)(void (*)(void))program_decode_json, METH_FASTCALL | METH_KEYWORDS,
+     decode_json_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1229,6 +1695,7 @@ PyMODINIT_FUNC PyInit__avrocodec(void)
 {
     if (PyType_Ready(&ProgramType) < 0)
         return NULL;
+    json_escape_init();
 #ifdef FAST_DICT
     PyObject *probe_names = Py_BuildValue("(sss)", "probe_a", "probe_b", "probe_c");
     if (probe_names == NULL)

@@ -7,6 +7,13 @@
 plus *sparse* records, named by the caller: every field ``["null", <primitive>]`` with default null, an absent or
 None key encodes as null and a null field is left out of the decoded dict (SecurityEvent rows).
 
+``decode_json(buf, pos, project, float_json) -> (record, end, projections)`` decodes like ``decode`` except that
+each sparse record comes out as its JSON (bytes): exactly ``orjson.dumps`` of the dict ``decode`` would return
+with its empty values (None and "") left out, as the sink sends rows (``sinks.row_json``). ``project`` names up to
+8 fields whose values are also returned, per sparse record, as a small dict (``projections``); ``float_json`` is
+``orjson.dumps``, which writes float values (its format is not ``repr``'s). It accepts and refuses exactly the input
+``decode`` does (strings are checked as UTF-8 by the same decoder).
+
 When the extension is missing (no compiler at install time) or ``SECSTREAM_NATIVE_CODEC=0`` is set, the codec
 (``schemas.codec``) uses the pure-Python codecs, which write the same bytes.
 
@@ -50,7 +57,11 @@ class NativeProgram(Protocol):
     def encode(self) -> Callable[..., bytes]: ...
 
     @property
-    def decode(self) -> Callable[[bytes, int], tuple[dict[str, Any], int]]: ...
+    def decode(self) -> Callable[[Any, int], tuple[dict[str, Any], int]]: ...  # any bytes-like buffer
+
+    @property
+    def decode_json(self) -> Callable[[Any, int, tuple[str, ...], Callable[[float], bytes]],
+                                      tuple[dict[str, Any], int, list[dict[str, Any]]]]: ...
 
 
 def available() -> bool:

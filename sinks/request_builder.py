@@ -12,9 +12,12 @@ offset tracker can tell when a message has been wholly delivered, and which of i
 
 from __future__ import annotations
 
+import operator
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, count
 from typing import Any
 
 import orjson
@@ -121,6 +124,23 @@ def serialise_row(row: Mapping[str, Any], max_field_bytes: int = MAX_FIELD_BYTES
     return (orjson.dumps(compact) if truncated else data), truncated
 
 
+def serialise_rows_of(rows: Iterable[Mapping[str, Any]],
+                      max_field_bytes: int = MAX_FIELD_BYTES) -> tuple[list[bytes], dict[int, int]]:
+    """Each row's JSON (``serialise_row``), and per row index the values truncated in it (when any)."""
+    out: list[bytes] = []
+    truncated: dict[int, int] = {}
+    dumps = orjson.dumps
+    for index, row in enumerate(rows):
+        data = dumps(row)
+        # serialise_row's own fast path, inline: most rows have no empty value and nothing to truncate
+        if len(data) > max_field_bytes or b":null" in data or b'":""' in data:
+            data, count = serialise_row(row, max_field_bytes)
+            if count:
+                truncated[index] = count
+        out.append(data)
+    return out, truncated
+
+
 def truncate_utf8(encoded: bytes, limit: int) -> str:
     """The longest prefix of ``encoded`` that, with a marker, fits in ``limit`` bytes, cut on a character boundary."""
     keep = limit - len(TRUNCATED_MARK.encode("utf-8"))
@@ -196,20 +216,66 @@ class RequestBuilder:
         first_row: int = 0,
     ) -> Packed:
         """Add the rows of the message at (partition, offset); the first of ``rows`` is its row ``first_row``."""
+        serialised, truncated = serialise_rows_of(rows, self.max_field_bytes)
+        packed = self.add_json(partition, offset, computer, serialised, trace_headers, first_row)
+        packed.truncated_values += sum(truncated.values())
+        return packed
+
+    def add_json(
+        self,
+        partition: int,
+        offset: int,
+        computer: str,
+        rows: Sequence[bytes],
+        trace_headers: TraceHeaders = None,
+        first_row: int = 0,
+    ) -> Packed:
+        """``add`` for rows already serialised (``serialise_row``: no empty values, long values truncated)."""
         packed = Packed()
         shard = self.shard_of(computer) if self.shard_of is not None else None
-        limit, field_limit = self.max_request_bytes, self.max_field_bytes
         current = self._open.pop(shard, None)
+        if rows and max(map(len, rows)) + 2 > self.max_request_bytes:
+            current = self._add_each(packed, current, shard, partition, offset, rows, trace_headers, first_row)
+        elif rows:
+            current = self._add_runs(packed, current, shard, partition, offset, rows, trace_headers, first_row)
+        if current is not None:
+            self._open[shard] = current
+        return packed
+
+    def _add_runs(self, packed: Packed, current: Request | None, shard: int | None, partition: int, offset: int,
+                  rows: Sequence[bytes], trace_headers: TraceHeaders, first_row: int) -> Request | None:
+        """Every row fits in a request: fill requests a run of rows at a time, found from the running sizes (no
+        Python step per row)."""
+        limit = self.max_request_bytes
+        # ends[k] = the lengths of rows[:k] plus one separator each: a request of n >= 1 rows is 1 + that long
+        ends = list(map(operator.add, accumulate(map(len, rows), initial=0), count()))
+        start, total = 0, len(rows)
+        while start < total:
+            filled = current is not None and current.row_count > 0
+            base = current.raw_bytes if current is not None and filled else 1
+            stop = bisect_right(ends, limit - base + ends[start], start) - 1
+            if stop == start:  # not one more row fits: the open request is full (an empty one takes any row)
+                assert current is not None
+                packed.requests.append(current)
+                current = None
+                continue
+            current = self._attach(current, shard, trace_headers, partition, offset, list(rows[start:stop]),
+                                   base + ends[stop] - ends[start], first_row + start)
+            if stop < total:
+                packed.requests.append(current)
+                current = None
+            start = stop
+        return current
+
+    def _add_each(self, packed: Packed, current: Request | None, shard: int | None, partition: int, offset: int,
+                  rows: Sequence[bytes], trace_headers: TraceHeaders, first_row: int) -> Request | None:
+        """Row by row, when some row is too large for any request (it is rejected, the others packed)."""
+        limit, field_limit = self.max_request_bytes, self.max_field_bytes
         size = current.raw_bytes if current is not None else 2
         filled = current is not None and current.row_count > 0
-        run: list[bytes] = []  # this message's rows for ``current``, attached in one step (per row is slow)
+        run: list[bytes] = []  # this message's rows for ``current``, attached in one step
         run_start = first_row  # row index of run[0]
-        dumps = orjson.dumps
-        for index, row in enumerate(rows, first_row):
-            data = dumps(row)
-            if len(data) > field_limit or b":null" in data or b'":""' in data:  # serialise_row's fast path, inline
-                data, truncated = serialise_row(row, field_limit)
-                packed.truncated_values += truncated
+        for index, data in enumerate(rows, first_row):
             length = len(data)
             if length + 2 > limit:
                 packed.rejected.append(RejectedRow(
@@ -231,8 +297,8 @@ class RequestBuilder:
             filled = True
             run.append(data)
         if run or current is not None:
-            self._open[shard] = self._attach(current, shard, trace_headers, partition, offset, run, size, run_start)
-        return packed
+            current = self._attach(current, shard, trace_headers, partition, offset, run, size, run_start)
+        return current
 
     @staticmethod
     def _attach(request: Request | None, shard: int | None, trace_headers: TraceHeaders, partition: int,

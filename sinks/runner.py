@@ -39,6 +39,7 @@ from sinks.heartbeat import HeartbeatWriter
 from sinks.reemission import ReemissionGuard
 from sinks.request_builder import Request, RequestBuilder, Segment
 from sinks.retry import Abandoned, Backoff, Deliverer, FatalSinkError, Placed, Target
+from sinks.row_json import RowBatch, RowDecoder, serialise_rows
 from sinks.row_progress import SavedProgress, decode_progress, missing
 from sinks.service import IngestionService
 
@@ -96,6 +97,9 @@ class SinkStage:
             settings.sink.max_request_bytes, settings.sink.max_field_bytes,
             shard_of=(lambda computer: _stable_hash(computer) % dcrs) if destination.sharding == "computer" else None,
         )
+        # Rows go from the message value straight to their JSON (sinks.row_json) unless a subclass derives them.
+        self._row_decoder = RowDecoder(settings.sink.max_field_bytes)
+        self._rows_from_value = type(self)._decode is SinkStage._decode
         self._delivery_errors: list[str] = []
         self._failed: FatalSinkError | None = None
         self._to_commit: dict[int, int] = {}  # partition -> offset whose delivery-log record Kafka acknowledged
@@ -237,7 +241,7 @@ class SinkStage:
             self._skip_reemission(msg, partition, offset)
             return
         try:
-            batch = self._decode(msg)
+            batch = self._decode_rows(msg)
         except DecodeError as exc:
             done = saved.done(offset, 1) if saved is not None else []
             if done:
@@ -247,29 +251,31 @@ class SinkStage:
             self._dead_letter(*dead_letter.undecodable(self.destination.name, self.topic, partition, offset,
                                                        msg.value(), str(exc)), [Segment(partition, offset, 1)], rows=0)
             return
-        rows = batch["rows"]
+        rows, computer = batch.rows, batch.computer
         EVENTS_IN.add(len(rows), self._attrs)
         BATCH_EVENTS.record(len(rows), self._attrs)
         done = saved.done(offset, len(rows)) if saved is not None else []
         if not done:
             self._tracker.register(partition, offset, len(rows))
-            self.status.took(partition, offset, batch["computer"], rows)
-            self._pack(partition, offset, batch["computer"], rows, msg.headers(), 0)
+            self.status.took(partition, offset, computer, batch.status_rows)
+            self._pack(partition, offset, batch, 0, len(rows), msg.headers())
             return
         self._register_earlier(partition, offset, len(rows), done)
         to_send = missing(done, len(rows))
-        self.status.took(partition, offset, batch["computer"], [row for a, b in to_send for row in rows[a:b]])
+        status_rows = batch.status_rows
+        self.status.took(partition, offset, computer, [row for a, b in to_send for row in status_rows[a:b]])
         for start, end in to_send:
-            self._pack(partition, offset, batch["computer"], rows[start:end], msg.headers(), start)
+            self._pack(partition, offset, batch, start, end, msg.headers())
 
-    def _pack(self, partition: int, offset: int, computer: str, rows: list[dict[str, Any]], headers: Any,
-              first_row: int) -> None:
-        """Rows (from row index ``first_row`` on) of the message at (partition, offset) into requests."""
-        packed = self._builder.add(partition, offset, computer, rows, headers, first_row)
-        if packed.truncated_values:
-            TRUNCATED.add(packed.truncated_values, self._attrs)
+    def _pack(self, partition: int, offset: int, batch: RowBatch, start: int, end: int, headers: Any) -> None:
+        """Rows ``start`` to ``end`` of the message at (partition, offset) into requests."""
+        rows = batch.rows if start == 0 and end == len(batch.rows) else batch.rows[start:end]
+        packed = self._builder.add_json(partition, offset, batch.computer, rows, headers, start)
+        truncated = batch.truncated_values(start, end) if batch.truncated else 0
+        if truncated:
+            TRUNCATED.add(truncated, self._attrs)
             log.warning("%s/%d/%d (%s): %d values over %d bytes truncated", self.topic, partition, offset,
-                        computer, packed.truncated_values, self.settings.sink.max_field_bytes)
+                        batch.computer, truncated, self.settings.sink.max_field_bytes)
         for rejected in packed.rejected:
             self._dead_letter(*dead_letter.oversize_row(self.destination.name, self.topic, rejected.segment,
                                                         rejected.row, rejected.reason, self.settings.sink.gzip_level),
@@ -317,6 +323,12 @@ class SinkStage:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: %s/%d/%d skipped: re-emission of %s", self.destination.name, self.topic, partition,
                       offset, parse_source(msg.headers()))
+
+    def _decode_rows(self, msg: Message) -> RowBatch:
+        """The message's rows as JSON: straight from the value, unless a subclass derives rows (``_decode``)."""
+        if self._rows_from_value:
+            return self._row_decoder.decode(msg.value())  # type: ignore[arg-type]
+        return serialise_rows(self._decode(msg), self.settings.sink.max_field_bytes)
 
     def _decode(self, msg: Message) -> dict[str, Any]:
         """The message as a SecurityEventBatch (``computer``, ``rows``); a replay of raw events derives it."""

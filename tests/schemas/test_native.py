@@ -329,7 +329,7 @@ def test_a_block_count_beyond_the_bytes_left_is_refused_before_allocating() -> N
 
 @needs_native
 def test_other_buffer_types_and_offsets() -> None:
-    program = make_codec("native")._fast["RawEventBatch"]
+    program: Any = make_codec("native")._fast["RawEventBatch"]  # the C program: any buffer, checked at run time
     payload = PAYLOADS["RawEventBatch.v1"]
     expected = program.decode(payload, 5)
     assert program.decode(bytearray(payload), 5) == expected
