@@ -737,7 +737,14 @@ static PyObject *build_event(const Rendering *r, PyObject *provenance_in, PyObje
         computer = empty_str;
     }
     Py_INCREF(Py_None);
-    if (set_item(out, k_provider_name, s->provider_name.present ? text(s->provider_name)
+    /* The values made above first, every one of them (`|`): each is consumed whatever happens to the others. The
+       keys are all in place already, so the order of setting does not change the dict's order. */
+    int failed = (set_item(out, k_keywords, keywords) < 0) | (set_item(out, k_time_created, time_created) < 0) |
+                 (set_item(out, k_channel, channel) < 0) | (set_item(out, k_computer, computer) < 0) |
+                 (set_item(out, k_event_data, event_data) < 0) | (set_item(out, k_user_data_xml, user_data) < 0) |
+                 (set_item(out, k_rendered_message, Py_None) < 0) | (set_item(out, k_provenance, provenance) < 0);
+    if (failed ||
+        set_item(out, k_provider_name, s->provider_name.present ? text(s->provider_name)
                                                                 : (Py_INCREF(empty_str), empty_str)) < 0 ||
         set_item(out, k_provider_guid, text_or_none(s->provider_guid)) < 0 ||
         set_item(out, k_event_source_name, text_or_none(s->event_source_name)) < 0 ||
@@ -745,16 +752,13 @@ static PyObject *build_event(const Rendering *r, PyObject *provenance_in, PyObje
         set_item(out, k_qualifiers, int_or_none(s->qualifiers)) < 0 ||
         set_item(out, k_version, int_or_none(s->version)) < 0 || set_item(out, k_level, int_or_none(s->level)) < 0 ||
         set_item(out, k_task, int_or_none(s->task)) < 0 || set_item(out, k_opcode, int_or_none(s->opcode)) < 0 ||
-        set_item(out, k_keywords, keywords) < 0 || set_item(out, k_time_created, time_created) < 0 ||
         set_item(out, k_event_record_id, int_or_none(s->record_id)) < 0 ||
         set_item(out, k_activity_id, text_or_none(s->activity_id)) < 0 ||
         set_item(out, k_related_activity_id, text_or_none(s->related_activity_id)) < 0 ||
         set_item(out, k_process_id, int_or_none(s->process_id)) < 0 ||
-        set_item(out, k_thread_id, int_or_none(s->thread_id)) < 0 || set_item(out, k_channel, channel) < 0 ||
-        set_item(out, k_computer, computer) < 0 || set_item(out, k_user_id, text_or_none(s->user_id)) < 0 ||
-        set_item(out, k_event_data, event_data) < 0 || set_item(out, k_user_data_xml, user_data) < 0 ||
-        set_item(out, k_rendered_message, Py_None) < 0 || set_item(out, k_provenance, provenance) < 0) {
-        /* set_item consumed every value passed to it, including the one that failed */
+        set_item(out, k_thread_id, int_or_none(s->thread_id)) < 0 ||
+        set_item(out, k_user_id, text_or_none(s->user_id)) < 0) {
+        /* set_item consumed every value passed to it, including the one that failed; later ones were not made */
         Py_DECREF(out);
         return NULL;
     }
@@ -1178,7 +1182,9 @@ static PyObject *encode_records(PyObject *module, PyObject *const *args, Py_ssiz
     Py_ssize_t seen = PyList_GET_SIZE(caught), taken = 0, count = 0;
     /* started at the size the last chunk of this many records took, so it rarely grows (each growth copies) */
     static Py_ssize_t bytes_per_record = 2048;
-    Buf data = {NULL, NULL, 0, 0, bytes_per_record * (limit < 4096 ? limit : 4096) * 5 / 4},
+    /* capped: a chunk of huge records must not make the next call reserve hundreds of MB up front */
+    Py_ssize_t reserve = bytes_per_record * (limit < 4096 ? limit : 4096) * 5 / 4;
+    Buf data = {NULL, NULL, 0, 0, reserve < (8 << 20) ? reserve : (8 << 20)},
         ends = {NULL, NULL, 0, 0, 4 * (limit < 4096 ? limit : 4096)};
     PyObject *runs = PyList_New(0), *host = Py_None, *pending = NULL, *result = NULL;
     int stop = STOP_LIMIT;

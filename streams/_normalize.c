@@ -1105,11 +1105,19 @@ static PyObject *rows(PyObject *self, PyObject *args)
         return NULL;
     }
     Call call = {ama, plans, mg, mgn};
+    int given_ids = origin_ids != Py_None;
     PyObject *out = PyList_New(n);
     if (!out)
         return NULL;
     Py_ssize_t fallbacks = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (i >= PyList_GET_SIZE(events) || (given_ids && i >= PyList_GET_SIZE(origin_ids))) {
+            /* the callbacks run Python code: the lists may have shrunk meanwhile */
+            fallbacks++;
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(out, i, Py_None);
+            continue;
+        }
         PyObject *event = PyList_GET_ITEM(events, i);
         Py_INCREF(event); /* a callback must not be able to free it under us */
         PyObject *given = origin_ids == Py_None ? NULL : PyList_GET_ITEM(origin_ids, i);

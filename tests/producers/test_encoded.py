@@ -28,7 +28,7 @@ from producers.kafka_sink import split_batch
 from producers.timeutil import iso_to_ticks
 from schemas.codec import EncodeError, decode_raw_batch, encode_raw_batch
 from tests.producers.conftest import CorpusFile
-from tests.producers.test_event_xml import _mangled_rendering, _security_rendering
+from tests.producers.test_event_xml import _mangled_rendering, _security_rendering, _user_data_rendering
 
 native = event_xml._native
 needs_native = pytest.mark.skipif(not encoded.available(), reason="producers._evtxrender is not built")
@@ -243,6 +243,40 @@ def test_encoder_refuses_wrong_arguments_and_does_not_leak() -> None:
     gc.collect()
     assert (sys.getrefcount(record), sys.getrefcount(declined), sys.getrefcount(prov)) == refs
     assert sys.getallocatedblocks() - blocks < 100
+
+
+@needs_native
+def test_nothing_leaks_when_an_allocation_fails() -> None:
+    """Out of memory at any one allocation while a record becomes a dict or Avro: a MemoryError (or the result),
+    and every object made before the failure freed."""
+    testcapi = pytest.importorskip("_testcapi")
+    prov = provenance_avro(PROV)
+    records = [{"event_record_id": 101, "timestamp": "2016-07-08T18:15:50.6896317Z UTC", "data": xml}
+               for xml in (_security_rendering(), _user_data_rendering())]
+
+    def fail_at(call: Any, k: int) -> None:
+        testcapi.set_nomemory(k, k + 1)
+        try:
+            call()
+        except MemoryError:
+            pass
+        finally:
+            testcapi.remove_mem_hooks()
+
+    calls = [lambda: native.encode_records(iter(records * 2), [], prov, 10, 0),
+             *(lambda record=record: native.from_record(record, PROV) for record in records)]
+    leaks = []
+    for index, call in enumerate(calls):
+        for k in range(60):
+            fail_at(call, k)  # caches filled at this failure point
+            gc.collect(0)
+            blocks = sys.getallocatedblocks()
+            for _ in range(200):  # a leak is a block a call at least; free lists hold up to 80 objects a type
+                fail_at(call, k)
+            gc.collect(0)
+            if sys.getallocatedblocks() - blocks >= 200:
+                leaks.append((index, k, sys.getallocatedblocks() - blocks))
+    assert leaks == [], leaks
 
 
 @needs_native

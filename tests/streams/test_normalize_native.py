@@ -278,6 +278,26 @@ def test_a_bad_configuration_is_refused_and_switches_the_extension_off() -> None
     assert_same(*both(list(corpus_events())[:50], "ama"))
 
 
+def test_a_batch_list_emptied_during_a_callback_is_not_read_past_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    native = normalize._native
+    assert native is not None
+    events = copy.deepcopy(list(corpus_events())[:4])
+    events[0]["event_record_id"] = None  # its origin id comes from the fingerprint callback
+
+    def emptying_fingerprint(event: dict[str, Any]) -> str:
+        events.clear()  # Python code runs here: anything may change the list meanwhile
+        return content_fingerprint(event)
+
+    monkeypatch.setattr(normalize, "content_fingerprint", emptying_fingerprint)
+    try:
+        normalize._configure_native()
+        rows, fallbacks = native.rows(events, True, normalize._NATIVE_PLANS["ama"], "", "")
+    finally:
+        monkeypatch.undo()
+        normalize._configure_native()
+    assert len(rows) == 4 and rows[1:] == [None] * 3 and fallbacks >= 3
+
+
 def corpus_batches() -> Iterator[list[dict[str, Any]]]:
     events = list(corpus_events())
     rng = random.Random(5)
