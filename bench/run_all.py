@@ -129,6 +129,11 @@ def stage_rows() -> list[list[str]]:
     rows.append(["stream: Faust worker, events/s (1 worker)" + (f", {faust_cpu:.0f} µs CPU/event" if faust_cpu else ""),
                  _n(faust), f"plain confluent-kafka loop, same work {_n(plain)}", _ratio(faust, plain), "50,000",
                  _ratio(faust, 50_000)])
+    long_poll = _get(streams, "faust_long_poll", "events_per_s")
+    if long_poll:
+        rows.append(["stream: the same, fetcher waiting after empty fetches as against Kafka (bench/faust_longpoll.py)",
+                     _n(long_poll), f"plain confluent-kafka loop, same work {_n(plain)}", _ratio(long_poll, plain),
+                     "50,000", _ratio(long_poll, 50_000)])
     sinks = load("sinks")
     sink_emu = _get(sinks, "emulator", "rows_per_s")
     sink_blackhole = _get(sinks, "blackhole", "rows_per_s")
