@@ -131,7 +131,8 @@ def stage_rows() -> list[list[str]]:
                  _ratio(faust, 50_000)])
     long_poll = _get(streams, "faust_long_poll", "events_per_s")
     if long_poll:
-        rows.append(["stream: the same, fetcher waiting after empty fetches as against Kafka (bench/faust_longpoll.py)",
+        rows.append(["stream: the same, fetcher waiting after empty fetches as against Kafka "
+                     "(bench/faust_longpoll.py; not conclusive, see § Stream stage)",
                      _n(long_poll), f"plain confluent-kafka loop, same work {_n(plain)}", _ratio(long_poll, plain),
                      "50,000", _ratio(long_poll, 50_000)])
     sinks = load("sinks")
