@@ -51,7 +51,7 @@ from producers import encoded
 from producers.adapters import event_xml
 from producers.adapters import sources as sources_module
 from producers.adapters.sources import discover
-from producers.batching import Batcher, EncodedBatcher
+from producers.batching import Batcher, EncodedBatcher, OutgoingBatch
 from producers.cli import kafka_sink_factory
 from producers.kafka_sink import kafka_producer_conf
 from producers.stage import ProducerStage
@@ -133,15 +133,18 @@ def to_avro(paths: list[Path]) -> int:
     return n
 
 
-def batch_and_encode(paths: list[Path]) -> int:
+def encoded_batches(paths: list[Path]) -> Iterator[OutgoingBatch]:
+    """The producer's batches on the encoded path, drained at the end."""
     batcher = EncodedBatcher(max_events=1000)
-    n = 0
     for source in discover(paths):
         for chunk, _ in source.read_encoded(None):
-            for batch in batcher.add_chunk(chunk):
-                n += batch.event_count
-                batch.encode("bench")
-    for batch in batcher.drain():
+            yield from batcher.add_chunk(chunk)
+    yield from batcher.drain()
+
+
+def batch_and_encode(paths: list[Path]) -> int:
+    n = 0
+    for batch in encoded_batches(paths):
         n += batch.event_count
         batch.encode("bench")
     return n
@@ -172,13 +175,13 @@ def dict_path() -> Iterator[None]:
         encoded._NATIVE = native
 
 
-def to_kafka_dicts(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path) -> int:
+def to_kafka_dicts(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path) -> Timed:
     with dict_path():
         return to_kafka(paths, broker, run, workdir, "zstd", "-dicts")
 
 
 def to_kafka(paths: list[Path], broker: EmbeddedBroker, run: int, workdir: Path, compression: str = "zstd",
-             suffix: str = "") -> int:
+             suffix: str = "") -> Timed:
     name = f"{run}-{compression}{suffix}"
     settings = Settings(
         kafka={"bootstrap_servers": broker.bootstrap},
@@ -203,12 +206,7 @@ def kafka_only(paths: list[Path], broker: EmbeddedBroker, run: int) -> Timed:
     """The same RawEventBatch messages, encoded beforehand, sent by a bare confluent-kafka producer with the
     producer stage's settings (idempotent, acks=all, zstd) until every one is acknowledged: what the broker
     allows, the wall-clock ceiling of ``evtx_to_kafka``."""
-    messages = []
-    batcher = EncodedBatcher(max_events=1000)
-    for source in discover(paths):
-        for chunk, _ in source.read_encoded(None):
-            messages += [(b.host, b.event_count, b.encode("bench")) for b in batcher.add_chunk(chunk)]
-    messages += [(b.host, b.event_count, b.encode("bench")) for b in batcher.drain()]
+    messages = [(b.host, b.event_count, b.encode("bench")) for b in encoded_batches(paths)]
     settings = Settings(kafka={"bootstrap_servers": broker.bootstrap},
                         topics={"raw": f"bench-raw-{run}-only", "raw_partitions": 3})
     ensure_topics(settings)

@@ -190,7 +190,7 @@ def main() -> None:
     codec = default_codec().native_in_use
     load = [round(x, 1) for x in os.getloadavg()]
     print(f"codec: {'native' if all(codec.values()) else 'pure Python'} {codec}; load average "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+          f"{' '.join(f'{x:.1f}' for x in load)}")
     normalized_messages, raw_messages = messages(args.rows, args.raw_events)
     rows, events = args.rows, sum(len(decode_raw_batch(v)["events"]) for _, v in raw_messages)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import gzip
 import json
@@ -26,6 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -127,19 +129,35 @@ def measure(ws: WorkspaceEmulator, label: str, rows: int, send: Any) -> dict[str
     return result
 
 
-def stage_costs(bodies: list[tuple[bytes, int]], rounds: int) -> dict[str, float]:
-    """Best-of-``rounds`` CPU microseconds per row of each server stage, in this process (no HTTP)."""
+@contextlib.contextmanager
+def in_process_emulator() -> Iterator[tuple[Any, Callable[[Any], None]]]:
+    """An emulator in this process on a fresh store (no HTTP): its SecurityEvent shaper, and a function that
+    writes one shaped batch as one request in its own transaction."""
     from secstream.config import WorkspaceEmulatorSettings
-    from workspace.body import decode_body
     from workspace.server import Emulator
     from workspace.store import RequestOutcome
 
-    rows = sum(n for _, n in bodies)
-    best = {"decode_us": float("inf"), "shape_us": float("inf"), "write_us": float("inf")}
     with tempfile.TemporaryDirectory() as state:
         emulator = Emulator(WorkspaceEmulatorSettings(state_dir=Path(state)))
-        dcr = next(iter(emulator.dcrs.values()))
-        (shaper,) = emulator.shapers[(dcr.immutable_id, "Custom-SecurityEvent")]
+        try:
+            dcr = next(iter(emulator.dcrs.values()))
+            (shaper,) = emulator.shapers[(dcr.immutable_id, "Custom-SecurityEvent")]
+
+            def write(batch: Any) -> None:
+                emulator.store.write(RequestOutcome(dcr.immutable_id, "Custom-SecurityEvent", "", 204, [batch]))
+
+            yield shaper, write
+        finally:
+            emulator.close()
+
+
+def stage_costs(bodies: list[tuple[bytes, int]], rounds: int) -> dict[str, float]:
+    """Best-of-``rounds`` CPU microseconds per row of each server stage, in this process (no HTTP)."""
+    from workspace.body import decode_body
+
+    rows = sum(n for _, n in bodies)
+    best = {"decode_us": float("inf"), "shape_us": float("inf"), "write_us": float("inf")}
+    with in_process_emulator() as (shaper, write):
         for _ in range(rounds):
             t0 = time.process_time()
             values = [decode_body(body, "gzip") for body, _ in bodies]
@@ -147,11 +165,10 @@ def stage_costs(bodies: list[tuple[bytes, int]], rounds: int) -> dict[str, float
             batches = [shaper.shape(v, datetime.now(UTC), str(uuid.uuid4())) for v in values]
             t2 = time.process_time()
             for batch in batches:
-                emulator.store.write(RequestOutcome(dcr.immutable_id, "Custom-SecurityEvent", "", 204, [batch]))
+                write(batch)
             t3 = time.process_time()
             for key, spent in (("decode_us", t1 - t0), ("shape_us", t2 - t1), ("write_us", t3 - t2)):
                 best[key] = min(best[key], spent / rows * 1e6)
-        emulator.close()
     total = sum(best.values())
     out = {k: round(v, 2) for k, v in best.items()} | {"rows_per_cpu_s": round(1e6 / total)}
     print(f"stages, best of {rounds} (CPU us/row): {json.dumps(out)}")
@@ -161,24 +178,16 @@ def stage_costs(bodies: list[tuple[bytes, int]], rounds: int) -> dict[str, float
 def full_size_pass(bodies: list[tuple[bytes, int]]) -> dict[str, float]:
     """One pass over every body in this process, as the committer thread does it: decode, shape, write (one
     request per transaction), into a fresh store that grows to full size. No HTTP, no warm-up."""
-    from secstream.config import WorkspaceEmulatorSettings
     from workspace.body import decode_body
-    from workspace.server import Emulator
-    from workspace.store import RequestOutcome
 
     rows = sum(n for _, n in bodies)
-    with tempfile.TemporaryDirectory() as state:
-        emulator = Emulator(WorkspaceEmulatorSettings(state_dir=Path(state)))
-        dcr = next(iter(emulator.dcrs.values()))
-        (shaper,) = emulator.shapers[(dcr.immutable_id, "Custom-SecurityEvent")]
+    with in_process_emulator() as (shaper, write):
         gc.freeze()  # as the server does: this process's 200k prepared rows would otherwise be walked by every full GC
         start = time.process_time()
         for body, _ in bodies:
-            batch = shaper.shape(decode_body(body, "gzip"), datetime.now(UTC), str(uuid.uuid4()))
-            emulator.store.write(RequestOutcome(dcr.immutable_id, "Custom-SecurityEvent", "", 204, [batch]))
+            write(shaper.shape(decode_body(body, "gzip"), datetime.now(UTC), str(uuid.uuid4())))
         spent = time.process_time() - start
         gc.unfreeze()
-        emulator.close()
     out = {"rows": rows, "cpu_s": round(spent, 3), "us_per_row": round(spent / rows * 1e6, 2),
            "rows_per_cpu_s": round(rows / spent)}
     print(f"in-process pass over every row: {json.dumps(out)}")

@@ -71,8 +71,12 @@ class OutgoingBatch:
     def add(self, event: dict[str, Any], size: int, mark: Any) -> None:
         self.events.append(event)
         self.size += size
+        self.count_mark(mark, 1)
+
+    def count_mark(self, mark: Any, events: int) -> None:
+        """``events`` more events of this batch are counted under progress token ``mark`` (None: untracked)."""
         if mark is not None:
-            self.marks[mark] = self.marks.get(mark, 0) + 1
+            self.marks[mark] = self.marks.get(mark, 0) + events
 
     def completed_part(self) -> OutgoingBatch | None:
         """This batch was delivered: the batch whose delivery that completes (itself, or the split original)."""
@@ -139,32 +143,44 @@ class Batcher:
         return sum(b.event_count for b in self._open.values())
 
     def add(self, event: dict[str, Any], mark: Any = None) -> list[OutgoingBatch]:
-        """Add one event; returns the batches this made ready (usually none, at most two)."""
+        """Add one event; returns the batches this made ready (usually none): its host's batch when full, and any
+        batch of another host that reached the lag bound."""
         host = event["computer"]
         size = estimate_size(event)
         ready: list[OutgoingBatch] = []
-        self._taken += 1
         batch = self._open.get(host)
         if batch is not None and batch.size + size > self.max_bytes:
             ready.append(self._close(host))
             batch = None
         if batch is None:
-            batch = OutgoingBatch(host, str(uuid.uuid4()), self._clock(), opened_after=self._taken - 1)
-            self._open[host] = batch
+            batch = self._start(host)
         batch.add(event, size, mark)
+        self._taken += 1
         if len(batch.events) >= self.max_events or batch.size >= self.max_bytes:
             ready.append(self._close(host))
+        ready.extend(self._lagging())
         return ready
 
     def due(self) -> list[OutgoingBatch]:
-        """Batches older than ``max_age``, or with ``max_lag`` events taken after them."""
-        now, lagging = self._clock(), self._taken - self.max_lag
-        hosts = [h for h, b in self._open.items() if now - b.opened_at >= self.max_age or b.opened_after <= lagging]
-        return [self._close(h) for h in hosts]
+        """Batches older than ``max_age`` (the lag bound is applied as events are taken)."""
+        now = self._clock()
+        return [self._close(h) for h in [h for h, b in self._open.items() if now - b.opened_at >= self.max_age]]
+
+    def _start(self, host: str, encoded: list[memoryview] | None = None) -> OutgoingBatch:
+        batch = self._open[host] = OutgoingBatch(host, str(uuid.uuid4()), self._clock(), opened_after=self._taken,
+                                                 encoded=encoded)
+        return batch
 
     def _lagging(self) -> list[OutgoingBatch]:
+        """Open batches with ``max_lag`` events taken since they opened (their own first included). ``_open``
+        keeps the order batches opened in, so these are a prefix of it: usually one look at the oldest."""
         lagging = self._taken - self.max_lag
-        return [self._close(h) for h in [h for h, b in self._open.items() if b.opened_after <= lagging]]
+        hosts = []
+        for host, batch in self._open.items():
+            if batch.opened_after > lagging:
+                break
+            hosts.append(host)
+        return [self._close(h) for h in hosts]
 
     def drain(self) -> list[OutgoingBatch]:
         """Every open batch, e.g. at a checkpoint or at the end of the input."""
@@ -182,7 +198,6 @@ class Batcher:
     @property
     def next_sequence(self) -> int:
         return self._next_sequence
-
 
 
 class EncodedBatcher(Batcher):
@@ -203,10 +218,7 @@ class EncodedBatcher(Batcher):
         for index, (host, start) in enumerate(runs):
             stop = runs[index + 1][1] if index + 1 < len(runs) else len(ends)
             while start < stop:
-                batch = self._open.get(host)
-                if batch is None:
-                    batch = self._open[host] = OutgoingBatch(host, str(uuid.uuid4()), self._clock(), encoded=[],
-                                                             opened_after=self._taken)
+                batch = self._open.get(host) or self._start(host, encoded=[])
                 assert batch.encoded is not None
                 begin = ends[start - 1] if start else 0
                 take = min(stop - start, self.max_events - batch.encoded_count)
@@ -223,12 +235,9 @@ class EncodedBatcher(Batcher):
                 batch.encoded_count += take
                 batch.size += end - begin
                 if mark is not None:
-                    token = mark(start + take - 1, take)
-                    if token is not None:
-                        batch.marks[token] = batch.marks.get(token, 0) + take
+                    batch.count_mark(mark(start + take - 1, take), take)
                 start += take
                 self._taken += take
                 if batch.encoded_count >= self.max_events or batch.size >= self.max_bytes:
                     yield self._close(host)
-                if self._open:  # another host's batch may have waited too long meanwhile
-                    yield from self._lagging()
+                yield from self._lagging()  # another host's batch may have waited too long meanwhile

@@ -28,6 +28,7 @@ from typing import Any
 
 from producers.adapters import event_xml
 from schemas.codec import decode_raw_batch, encode_raw_batch
+from schemas.nullable_record import zigzag_varint
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,9 @@ class EncodedChunk:
         return cls(data, array("I", [len(data)]), [(event["computer"], 0)])
 
 
-def avro_long(value: int) -> bytes:
-    """Avro ``long``/``int``: zigzag, then base-128 varint."""
-    z = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def avro_string(value: str) -> bytes:
     data = value.encode("utf-8")
-    return avro_long(len(data)) + data
+    return zigzag_varint(len(data)) + data
 
 
 def _optional_string(value: str | None) -> bytes:
@@ -83,7 +73,7 @@ def provenance_avro(provenance: dict[str, Any]) -> bytes:
         avro_string(provenance["source_format"]),
         avro_string(provenance.get("agent_id") or ""),
         _optional_string(provenance.get("collector_id")),
-        avro_long(provenance["read_time_us"]),
+        zigzag_varint(provenance["read_time_us"]),
         _optional_string(provenance.get("source_ref")),
     ])
 
@@ -104,7 +94,7 @@ def encode_batch(envelope: dict[str, Any], count: int, parts: Parts) -> bytes:
     empty = encode_raw_batch({**envelope, "events": []})
     if not count:
         return empty
-    return b"".join([empty[:-1], avro_long(count), *parts, b"\x00"])
+    return b"".join([empty[:-1], zigzag_varint(count), *parts, b"\x00"])
 
 
 def decode_events(count: int, parts: Parts) -> list[dict[str, Any]]:

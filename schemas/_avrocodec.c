@@ -713,6 +713,16 @@ static int next_present(Program *pg, Node *record, In *in, Py_ssize_t *i)
     }
 }
 
+/* A new dict of the n pairs keys[k]: values[k] (the values stay the caller's), or NULL with an error set. */
+static PyObject *dict_of(PyObject **keys, PyObject **values, Py_ssize_t n)
+{
+    PyObject *dict = _PyDict_NewPresized(n);
+    for (Py_ssize_t k = 0; dict != NULL && k < n; k++)
+        if (PyDict_SetItem(dict, keys[k], values[k]) < 0)
+            Py_CLEAR(dict);
+    return dict;
+}
+
 static PyObject *dec_value(Program *pg, Node *node, In *in);
 static PyObject *dec_sparse_json(Program *pg, Node *node, In *in);
 
@@ -767,13 +777,8 @@ static PyObject *dec_sparse(Program *pg, Node *node, In *in)
             goto end;
         }
     }
-    for (Py_ssize_t i = 0;; i++) {
-        int present = next_present(pg, node, in, &i);
-        if (present <= 0) {
-            if (present < 0)
-                goto end;
-            break;
-        }
+    int present;
+    for (Py_ssize_t i = 0; (present = next_present(pg, node, in, &i)) > 0; i++) {
         Node *field = pg->nodes + node->first + i;
         PyObject *value = dec_value(pg, field, in); /* checks the branch byte */
         if (value == NULL)
@@ -782,6 +787,8 @@ static PyObject *dec_sparse(Program *pg, Node *node, In *in)
         keys[filled++] = field->key;
         hash = (hash ^ (uint64_t)i) * UINT64_C(1099511628211);
     }
+    if (present < 0)
+        goto end;
 #ifdef FAST_DICT
     if (node->shapes != NULL && filled > 0) {
         Shape *shape = node->shapes + ((hash ^ (hash >> 32)) & (SHAPES - 1));
@@ -813,10 +820,7 @@ static PyObject *dec_sparse(Program *pg, Node *node, In *in)
         }
     }
 #endif
-    dict = _PyDict_NewPresized(filled);
-    for (Py_ssize_t j = 0; dict != NULL && j < filled; j++)
-        if (PyDict_SetItem(dict, keys[j], values[j]) < 0)
-            Py_CLEAR(dict);
+    dict = dict_of(keys, values, filled);
 end:
     for (Py_ssize_t j = 0; j < filled; j++)
         Py_DECREF(values[j]);
@@ -1252,13 +1256,8 @@ static PyObject *dec_sparse_json(Program *pg, Node *node, In *in)
     if (json_reserve(j, 2) < 0)
         return NULL;
     j->buf[j->len++] = '{';
-    for (Py_ssize_t i = 0;; i++) {
-        int present = next_present(pg, node, in, &i);
-        if (present <= 0) {
-            if (present < 0)
-                goto fail;
-            break;
-        }
+    int present;
+    for (Py_ssize_t i = 0; (present = next_present(pg, node, in, &i)) > 0; i++) {
         Node *field = pg->nodes + node->first + i;
         unsigned int branch = in->buf[in->pos];
         for (Py_ssize_t k = 0; k < j->nproject; k++)
@@ -1284,16 +1283,13 @@ static PyObject *dec_sparse_json(Program *pg, Node *node, In *in)
         if (written)
             first = 0;
     }
-    if (json_reserve(j, 1) < 0)
+    if (present < 0 || json_reserve(j, 1) < 0)
         goto fail;
     j->buf[j->len++] = '}';
     result = PyBytes_FromStringAndSize(j->buf, j->len);
     if (result == NULL)
         goto fail;
-    dict = _PyDict_NewPresized(projected);
-    for (Py_ssize_t k = 0; dict != NULL && k < projected; k++)
-        if (PyDict_SetItem(dict, keys[k], values[k]) < 0)
-            Py_CLEAR(dict);
+    dict = dict_of(keys, values, projected);
     if (dict == NULL || PyList_Append(j->projections, dict) < 0)
         goto fail;
     Py_DECREF(dict);

@@ -69,9 +69,14 @@ def available() -> bool:
     return _avrocodec is not None
 
 
+def switched_on(env: str) -> bool:
+    """False when the environment variable ``env`` turns a native path off (``0``, ``false`` or ``no``)."""
+    return os.environ.get(env, "1").strip().lower() not in ("0", "false", "no")
+
+
 def enabled() -> bool:
     """True when codecs built now use the extension: it is importable and ``SECSTREAM_NATIVE_CODEC`` is not 0."""
-    return _avrocodec is not None and os.environ.get(DISABLE_ENV, "1").strip().lower() not in ("0", "false", "no")
+    return _avrocodec is not None and switched_on(DISABLE_ENV)
 
 
 class _Builder:

@@ -105,7 +105,11 @@ class Packed:
 
 def serialise_row(row: Mapping[str, Any], max_field_bytes: int = MAX_FIELD_BYTES) -> tuple[bytes, int]:
     """A row as compact JSON without empty values, and how many values were truncated to ``max_field_bytes``."""
-    data = orjson.dumps(row)
+    return _compact(row, orjson.dumps(row), max_field_bytes)
+
+
+def _compact(row: Mapping[str, Any], data: bytes, max_field_bytes: int) -> tuple[bytes, int]:
+    """``serialise_row`` given ``data``, the plain ``orjson.dumps`` of ``row``."""
     # Decoded rows are sparse (null columns absent), so the filtered copy is rarely needed: look for an empty value
     # in the output (a null, or "" right after a key; quotes inside strings are escaped) before building one.
     if b":null" in data or b'":""' in data:
@@ -132,9 +136,9 @@ def serialise_rows_of(rows: Iterable[Mapping[str, Any]],
     dumps = orjson.dumps
     for index, row in enumerate(rows):
         data = dumps(row)
-        # serialise_row's own fast path, inline: most rows have no empty value and nothing to truncate
+        # _compact's tests, inline: most rows have no empty value and nothing to truncate, and need no call
         if len(data) > max_field_bytes or b":null" in data or b'":""' in data:
-            data, count = serialise_row(row, max_field_bytes)
+            data, count = _compact(row, data, max_field_bytes)
             if count:
                 truncated[index] = count
         out.append(data)

@@ -17,7 +17,6 @@ the native path hands those over as small dicts (``status_rows``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +50,7 @@ class RowBatch:
 def native_enabled() -> bool:
     """True when rows are decoded straight to JSON: the native codec is on and ``SECSTREAM_NATIVE_ROW_JSON`` is
     not 0."""
-    return native.enabled() and os.environ.get(DISABLE_ENV, "1").strip().lower() not in ("0", "false", "no")
+    return native.enabled() and native.switched_on(DISABLE_ENV)
 
 
 def serialise_rows(batch: Mapping[str, Any], max_field_bytes: int = MAX_FIELD_BYTES) -> RowBatch:

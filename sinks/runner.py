@@ -40,7 +40,7 @@ from sinks.reemission import ReemissionGuard
 from sinks.request_builder import Request, RequestBuilder, Segment
 from sinks.retry import Abandoned, Backoff, Deliverer, FatalSinkError, Placed, Target
 from sinks.row_json import RowBatch, RowDecoder, serialise_rows
-from sinks.row_progress import SavedProgress, decode_progress, missing
+from sinks.row_progress import SavedProgress, covered, decode_progress, missing
 from sinks.service import IngestionService
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ class SinkStage:
     def _register_earlier(self, partition: int, offset: int, rows: int, done: list[tuple[int, int]]) -> None:
         """A message some of whose rows (``done``) were delivered before the last restart: only the rest is sent."""
         self._tracker.register(partition, offset, rows, done)
-        earlier = sum(b - a for a, b in done)
+        earlier = covered(done)
         self.totals["rows_delivered_earlier"] += earlier
         ROWS_EARLIER.add(earlier, self._attrs)
         log.debug("%s/%d/%d: %d of %d rows already delivered before the restart", self.topic, partition, offset,

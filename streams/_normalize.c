@@ -332,18 +332,21 @@ static PyObject *small_int_text(PyObject *value)
     return PyObject_Str(value);
 }
 
-/* normalize._cached_guid(value): new reference (a str or None); NULL on error. */
-static PyObject *cached_guid(PyObject *value)
+/* cache[key] when present, else factory(key), which fills the cache itself: a new reference; NULL on error. */
+static PyObject *cached_call(PyObject *cache, PyObject *factory, PyObject *key)
 {
-    PyObject *hit = PyDict_GetItemWithError(cfg_guid_cache, value);
+    PyObject *hit = PyDict_GetItemWithError(cache, key);
     if (hit) {
         Py_INCREF(hit);
         return hit;
     }
     if (PyErr_Occurred())
         return NULL;
-    return PyObject_CallOneArg(cfg_guid_func, value);
+    return PyObject_CallOneArg(factory, key);
 }
+
+/* normalize._cached_guid(value): new reference (a str or None); NULL on error. */
+static inline PyObject *cached_guid(PyObject *value) { return cached_call(cfg_guid_cache, cfg_guid_func, value); }
 
 /* normalize.parse_int(value): new reference (an int or None); NULL on an error other than ValueError. */
 static PyObject *parse_int(PyObject *value)
@@ -710,19 +713,6 @@ static inline void read_item(PyObject *field, PyObject **name, PyObject **value)
         *value = item(field, k_value);
 }
 
-/* The layout tuple of a names tuple (new reference), from the cache or the factory. */
-static PyObject *layout_for(PyObject *names)
-{
-    PyObject *layout = PyDict_GetItemWithError(cfg_layouts, names);
-    if (layout) {
-        Py_INCREF(layout);
-        return layout;
-    }
-    if (PyErr_Occurred())
-        return NULL;
-    return PyObject_CallOneArg(cfg_layout_factory, names);
-}
-
 static int valid_plan(PyObject *plan)
 {
     return PyTuple_CheckExact(plan) && PyTuple_GET_SIZE(plan) == 5 && PyUnicode_CheckExact(PyTuple_GET_ITEM(plan, 0))
@@ -872,10 +862,8 @@ static PyObject *build_row(PyObject *event, PyObject *given_origin_id, const Cal
             if (t) {
                 if (!PyUnicode_CheckExact(keywords))
                     goto fallback;
-                PyObject *parsed = PyDict_GetItemWithError(cfg_keywords_cache, keywords);
-                if (parsed)
-                    Py_INCREF(parsed);
-                else if (PyErr_Occurred() || !(parsed = PyObject_CallOneArg(cfg_keywords_func, keywords)))
+                PyObject *parsed = cached_call(cfg_keywords_cache, cfg_keywords_func, keywords);
+                if (!parsed)
                     goto fallback;
                 if (!PyLong_Check(parsed)) {
                     Py_DECREF(parsed);
@@ -943,7 +931,7 @@ static PyObject *build_row(PyObject *event, PyObject *given_origin_id, const Cal
             PyTuple_SET_ITEM(names, i, name);
             values[i] = value; /* borrowed from the item dict, which the event keeps alive */
         }
-        layout = layout_for(names);
+        layout = cached_call(cfg_layouts, cfg_layout_factory, names);
         if (!layout || !valid_layout(layout, n_items) || PyObject_IsTrue(PyTuple_GET_ITEM(layout, 3)) != 1)
             goto fallback; /* a column named twice: the generic copy of the Python code */
     }

@@ -19,7 +19,6 @@ int/datetime -> null), as the SecurityEvent Avro schema and the sink expect.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +31,7 @@ from typing import Any, Literal
 from lxml import etree
 
 from schemas.catalog import DATA_DIR, activity
+from schemas.native import switched_on
 from streams.identity import EVENT_IDENTITY_NAMESPACE, content_fingerprint, event_origin_id
 
 Flavour = Literal["ama", "mma"]
@@ -562,10 +562,11 @@ def _layout(names: tuple[str | None, ...]) -> _Layout:
     layout = _LAYOUTS.get(names)
     if layout is None:
         kinds = [(position, name, _DATA_COLUMN_KIND.get(name)) for position, name in enumerate(names)]  # type: ignore[arg-type]
-        columns = [(position, name, kind) for position, name, kind in kinds if kind is not None]
+        # Interned column names: the Avro encoder finds interned keys by identity.
+        columns = [(position, sys.intern(str(name)), kind) for position, name, kind in kinds if kind is not None]
         layout = _Layout(
-            plain=tuple((position, name) for position, name, kind in columns if kind == _PLAIN),  # type: ignore[misc]
-            typed=tuple((position, name, kind) for position, name, kind in columns if kind != _PLAIN),  # type: ignore[misc]
+            plain=tuple((position, name) for position, name, kind in columns if kind == _PLAIN),
+            typed=tuple((position, name, kind) for position, name, kind in columns if kind != _PLAIN),
             heads=tuple(_data_head(name) for name in names),
             by_position=len({name for _, name, _ in columns}) == len(columns),
             derive=derive_inputs(names),
@@ -839,7 +840,7 @@ def native_available() -> bool:
 
 def native_enabled() -> bool:
     """True when rows are built by the C extension: it is importable and ``SECSTREAM_NATIVE_NORMALIZE`` is not 0."""
-    return _native is not None and os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no")
+    return _native is not None and switched_on(NATIVE_ENV)
 
 
 def _use_native(native: bool | None, context: NormalizeContext) -> bool:
@@ -862,10 +863,8 @@ def _native_plan(ama: bool, event_id: int) -> tuple[str, bool, bool, int, bool]:
 
 def _native_layout(names: tuple[str | None, ...]) -> tuple[Any, ...]:
     layout = _layout(names)
-    # Interned column names: the Avro encoder finds interned keys by identity.
-    native = (tuple((position, sys.intern(column)) for position, column in layout.plain),
-              tuple((position, sys.intern(column), kind) for position, column, kind in layout.typed),
-              layout.heads, layout.by_position, layout.derive)
+    # The same objects as the layout's, as a tuple the extension reads by index.
+    native = (layout.plain, layout.typed, layout.heads, layout.by_position, layout.derive)
     if len(_NATIVE_LAYOUTS) < 10_000:
         _NATIVE_LAYOUTS[names] = native
     return native

@@ -129,7 +129,6 @@ class Store:
         for ddl in _META_DDL:
             self.db.execute(ddl)
         self._insert_sql: dict[tuple[str, tuple[str, ...], int], str] = {}
-        self._max_variables = self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
     def ensure_table(self, table: Table) -> None:
         """Create the table (a typed storage table and its view), or add the columns a changed definition
@@ -161,13 +160,12 @@ class Store:
     def _insert_rows(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
         """Rows in their order, ``ROWS_PER_INSERT`` per statement execution: each execution has a fixed cost
         (reset, halt, per-step bookkeeping) that a 240-column table makes worth sharing."""
-        per = max(1, min(ROWS_PER_INSERT, self._max_variables // max(1, len(columns))))
-        whole = len(rows) - len(rows) % per
-        if per > 1 and whole:
+        # Bounded by the connection's limit on bound parameters (999 in SQLite before 3.32).
+        per = min(ROWS_PER_INSERT, self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns))
+        whole = len(rows) - len(rows) % per if per > 1 else 0
+        if whole:
             self.db.executemany(self._insert(table, columns, per),
                                 [tuple(chain.from_iterable(rows[i:i + per])) for i in range(0, whole, per)])
-        else:
-            whole = 0
         if whole < len(rows):
             self.db.executemany(self._insert(table, columns, 1), rows[whole:])
 

@@ -12,7 +12,6 @@ and external-entity documents never get expanded).
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any, cast
@@ -20,6 +19,7 @@ from typing import IO, Any, cast
 from lxml import etree
 
 from producers.timeutil import TimeFormatError, iso_to_ticks
+from schemas.native import switched_on
 
 NativeParse = Callable[[str, dict[str, Any], int | None], dict[str, Any] | None]
 NativeFromRecord = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any] | None]
@@ -30,7 +30,7 @@ def _load_native() -> Any:
     present), or None. ``parse`` gives the same result as _parse_evtx_rendering below and ``from_record`` the same
     as sources._read_evtx does per record, several times faster; both return None for a record they decline.
     SECSTREAM_NATIVE_EVTX=0 turns them off."""
-    if os.environ.get("SECSTREAM_NATIVE_EVTX", "1") == "0":
+    if not switched_on("SECSTREAM_NATIVE_EVTX"):
         return None
     try:
         return importlib.import_module("producers._evtxrender")

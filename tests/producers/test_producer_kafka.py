@@ -22,7 +22,7 @@ from producers.adapters.sources import discover
 from producers.batching import LAG_BATCHES
 from producers.checkpoint import load_state
 from producers.cli import kafka_sink_factory
-from producers.stage import READ_CHUNK, ProducerStage
+from producers.stage import ProducerStage
 from schemas.codec import decode_raw_batch
 from secstream.broker import EmbeddedBroker
 from secstream.config import RuleSettings, Settings
@@ -135,10 +135,11 @@ def test_kill9_then_restart_loses_nothing(settings: Settings, tmp_path: Path, na
     s = _settings(settings, tmp_path)
     ensure_topics(s)
     # security.evtx holds 2 computers and the application log 6: a source's checkpoint also waits for the open
-    # batch of a rarer host, which goes out at the latest LAG_BATCHES batches' worth of events later (checked per
-    # run of a chunk on the encoded path, per read chunk on the dict path); a crash can resend that much more.
+    # batch of a rarer host, which goes out at the latest LAG_BATCHES batches' worth of events later (checked as
+    # events are taken: per event on the dict path, per batch-sized step on the encoded path); a crash can resend
+    # that much more.
     inputs = [EVTX_DIR, SECURITY_EVTX, APPLICATION_EVTX]
-    lag = LAG_BATCHES * 20 + (20 if native_evtx == "1" else READ_CHUNK)
+    lag = LAG_BATCHES * 20 + 20
     try:
         cmd, env = _produce_cmd(s, inputs, [])
         env["SECSTREAM_NATIVE_EVTX"] = native_evtx

@@ -57,6 +57,16 @@ def test_batches_per_host_bounded_by_count_bytes_and_age() -> None:
     assert batcher.open_events == 0
 
 
+def test_rare_hosts_batches_go_out_from_the_add_that_reaches_the_lag_bound() -> None:
+    """An open batch holds back its sources' checkpoints: it is ready once ``max_lag`` events were taken since it
+    opened (its own first included), returned by that ``add``, oldest first, not left for ``max_age``."""
+    batcher = Batcher(max_events=4, max_lag=10, max_age=3600, clock=Clock())
+    assert batcher.add(_event("B")) == [] and batcher.add(_event("C")) == []
+    out = [[b.host for b in batcher.add(_event("A"))] for _ in range(12)]
+    assert out == [[], [], [], ["A"], [], [], [], ["A", "B"], ["C"], [], [], ["A"]]
+    assert batcher.due() == [] and batcher.open_events == 0
+
+
 def test_batch_id_stays_with_the_batch() -> None:
     batcher = Batcher(max_events=2)
     batcher.add(_event("A"))

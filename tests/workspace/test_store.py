@@ -98,6 +98,17 @@ def test_rows_keep_their_order_and_values_across_multi_row_inserts(tmp_path: Pat
     assert stored == [(r["Msg"], r.get("N")) for r in by_column_set]
 
 
+@pytest.mark.parametrize("limit", [5, 7])  # one row per statement (3 columns); two rows per statement
+def test_multi_row_inserts_stay_within_the_bound_parameter_limit(tmp_path: Path, limit: int) -> None:
+    store = Store(tmp_path)
+    store.ensure_table(TABLE)
+    store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)  # as in SQLite before 3.32 (999), but lower
+    rows: list[dict[str, object]] = [{"Msg": f"m{i}", "N": i} for i in range(ROWS_PER_INSERT + 3)]
+    store.write(outcome("App_CL", rows, "r1"))  # 3 columns each, with _RequestId
+    _, stored = run_query(open_reader(tmp_path), "SELECT Msg, N FROM App_CL ORDER BY rowid")
+    assert stored == [(r["Msg"], r["N"]) for r in rows]
+
+
 def test_a_failing_request_in_a_group_is_rolled_back_alone(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.ensure_table(TABLE)

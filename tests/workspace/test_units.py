@@ -24,6 +24,7 @@ def test_plain_and_gzip_bodies_decode_to_the_same_value() -> None:
 @pytest.mark.parametrize(("body", "encoding", "fragment"), [
     (b"not gzip at all", "gzip", "not valid gzip"),
     (gzip.compress(b"[1, 2, 3]")[:-9], "gzip", "truncated"),
+    (gzip.compress(b"[1, 2, 3]") + b"junk", "gzip", "magic bytes 1f 8b"),  # a second member that is not gzip
     (b"[{", "", "not valid JSON"),
     (gzip.compress(b"{'single': quotes}"), "gzip", "not valid JSON"),
     (b"", "", "not valid JSON"),
