@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt schemas/_avrocodec.c producers/_evtxrender.c streams/_normalize.c
+$(STAMP): pyproject.toml constraints.txt schemas/_avrocodec.c producers/_evtxrender.c streams/_normalize.c workspace/_bulkinsert.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
@@ -28,9 +28,10 @@ typecheck: venv
 	$(BIN)/mypy
 
 # Includes the short chaos run (~1.5 min; SECSTREAM_CHAOS=off skips it). SECSTREAM_REQUIRE_NATIVE_*: a test fails
-# when a C extension (schemas/_avrocodec.c, producers/_evtxrender.c, streams/_normalize.c) did not build or load.
+# when a C extension (schemas/_avrocodec.c, producers/_evtxrender.c, streams/_normalize.c, workspace/_bulkinsert.c)
+# did not build or load.
 test: venv lint typecheck
-	SECSTREAM_CHAOS=$${SECSTREAM_CHAOS:-short} SECSTREAM_REQUIRE_NATIVE_CODEC=1 SECSTREAM_REQUIRE_NATIVE_EVTX=1 SECSTREAM_REQUIRE_NATIVE_NORMALIZE=1 $(BIN)/pytest -q
+	SECSTREAM_CHAOS=$${SECSTREAM_CHAOS:-short} SECSTREAM_REQUIRE_NATIVE_CODEC=1 SECSTREAM_REQUIRE_NATIVE_EVTX=1 SECSTREAM_REQUIRE_NATIVE_NORMALIZE=1 SECSTREAM_REQUIRE_NATIVE_BULKINSERT=1 $(BIN)/pytest -q
 
 # Every stage's benchmark and the whole pipeline in one session (~15 min on 2 cores) -> docs/benchmarks.md summary.
 bench: venv

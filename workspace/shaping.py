@@ -12,8 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from itertools import repeat
-from operator import itemgetter
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -226,16 +225,47 @@ def _plan(stream_type: str, table_type: str) -> _ColumnPlan:
 
 
 @dataclass
+class RowBlock:
+    """Rows of one column set in one flat row-major list (``width`` values per row): what a many-row INSERT
+    binds, with no tuple built per row."""
+
+    count: int = 0
+    values: list[Any] = field(default_factory=list)
+
+    def rows(self, width: int) -> list[tuple[Any, ...]]:
+        if not width:
+            return [()] * self.count
+        return [tuple(self.values[i:i + width]) for i in range(0, len(self.values), width)]
+
+
+@dataclass
 class ShapedBatch:
-    """One flow's output for one request: stored rows grouped by column set, plus what was dropped and why."""
+    """One flow's output for one request: stored rows grouped by column set, plus what was dropped and why.
+    ``constants`` are columns with the same value on every row of the request (receive time, request id,
+    workspace stamps): stored on every row, but carried (and bound) once."""
 
     table: str
-    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = field(default_factory=dict)
+    groups: dict[tuple[str, ...], RowBlock] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
     rows: int = 0
     rows_dropped: int = 0
     columns_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
     values_truncated: int = 0
     time_generated_replaced: int = 0
+
+    def add_rows(self, columns: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> None:
+        """Append rows given one tuple each (the shaper builds the flat list directly)."""
+        block = self.groups.setdefault(columns, RowBlock())
+        for row in rows:
+            if len(row) != len(columns):
+                raise ValueError(f"a row of {len(row)} values for {len(columns)} columns")
+            block.values.extend(row)
+            block.count += 1
+
+    def stored_rows(self) -> list[dict[str, Any]]:
+        """Every stored row as a dict, constants included, group by group."""
+        return [dict(zip(columns, row, strict=True)) | self.constants
+                for columns, block in self.groups.items() for row in block.rows(len(columns))]
 
 
 class FlowShaper:
@@ -281,22 +311,21 @@ class FlowShaper:
                 group.append(record)
         received_text = format_datetime(received)
         window = (format_datetime(received - PAST_WINDOW), format_datetime(received + FUTURE_WINDOW))
+        batch.constants = {**self.stamps, TIME_RECEIVED: received_text, REQUEST_ID: request_id}
         for keys, group in by_keys.items():
-            self._shape_group(batch, keys, group, received_text, window, request_id)
-        batch.rows = sum(len(g) for g in batch.groups.values())
+            self._shape_group(batch, keys, group, received_text, window)
+        batch.rows = sum(g.count for g in batch.groups.values())
         return batch
 
     def _shape_group(self, batch: ShapedBatch, keys: tuple[str, ...], group: list[dict[str, Any]],
-                     received_text: str, window: tuple[str, str], request_id: str) -> None:
+                     received_text: str, window: tuple[str, str]) -> None:
         n = len(group)
-        if not keys:
-            columns: list[Sequence[Any]] = []
-        elif len(keys) == 1:
-            columns = [[r[keys[0]] for r in group]]
-        else:
-            columns = list(zip(*map(itemgetter(*keys), group), strict=True))
+        # Every record of the group has the same keys in the same order, so its values() line up: one flat
+        # row-major list without a hash lookup per value, then a strided slice per column.
+        everything = list(chain.from_iterable(map(dict.values, group)))
+        columns = [everything[j::len(keys)] for j in range(len(keys))]
         names: list[str] = []
-        stored: list[Iterable[Any]] = []
+        stored: list[Sequence[Any]] = []
         for name, values in zip(keys, columns, strict=True):
             plan = self.plans.get(name)
             if plan is None:
@@ -312,17 +341,17 @@ class FlowShaper:
             stored.append(checked)
         if self.has_time_generated:
             self._time_generated(batch, names, stored, n, received_text, window)
-        for name, value in self.stamps.items():
-            names.append(name)
-            stored.append(repeat(value, n))
-        names += (TIME_RECEIVED, REQUEST_ID)
-        stored += (repeat(received_text, n), repeat(request_id, n))
-        key = tuple(names)
-        rows = list(zip(*stored, strict=False))  # plain columns have n values; repeat() columns stop there
-        if key in batch.groups:
-            batch.groups[key].extend(rows)
+        # Row-major, one C-level slice assignment per column: no tuple per row, nothing for the collector.
+        width = len(names)
+        flat: list[Any] = [None] * (n * width)
+        for j, column in enumerate(stored):
+            flat[j::width] = column
+        block = batch.groups.get(tuple(names))
+        if block is None:
+            batch.groups[tuple(names)] = RowBlock(n, flat)
         else:
-            batch.groups[key] = rows
+            block.values += flat
+            block.count += n
 
     def _check(self, batch: ShapedBatch, name: str, plan: _ColumnPlan, values: Sequence[Any]) -> Sequence[Any] | None:
         """The column's stored values (None when every value is null), counting drops and truncations."""
@@ -377,13 +406,13 @@ class FlowShaper:
             out.append(v)
         return out
 
-    def _time_generated(self, batch: ShapedBatch, names: list[str], stored: list[Iterable[Any]], n: int,
+    def _time_generated(self, batch: ShapedBatch, names: list[str], stored: list[Sequence[Any]], n: int,
                         received_text: str, window: tuple[str, str]) -> None:
         """Out-of-window or missing TimeGenerated becomes the receive time; the original is kept aside."""
         oldest, newest = window
         if "TimeGenerated" not in names:
             names.append("TimeGenerated")
-            stored.append(repeat(received_text, n))
+            stored.append([received_text] * n)
             batch.time_generated_replaced += n
             return
         index = names.index("TimeGenerated")

@@ -11,14 +11,14 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from workspace.bulkinsert import Insert, native_insert, python_insert
 from workspace.dcr import Column, Table
 from workspace.errors import ApiError
 from workspace.paths import DB_NAME
-from workspace.shaping import EXTRA_COLUMNS, ShapedBatch, platform_defaults
+from workspace.shaping import EXTRA_COLUMNS, RowBlock, ShapedBatch, platform_defaults
 
 _SQL_TYPES = {"string": "TEXT", "guid": "TEXT", "datetime": "TEXT", "dynamic": "TEXT",
               "int": "INTEGER", "long": "INTEGER", "boolean": "INTEGER", "real": "REAL"}
@@ -128,7 +128,9 @@ class Store:
         self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_BYTES // page_size}")
         for ddl in _META_DDL:
             self.db.execute(ddl)
-        self._insert_sql: dict[tuple[str, tuple[str, ...], int], str] = {}
+        self._insert_sql: dict[tuple[str, tuple[str, ...], tuple[str, ...], int], str] = {}
+        self._native = native_insert(self.db, self.path)
+        self._insert_many: Insert = self._native or python_insert(self.db)
 
     def ensure_table(self, table: Table) -> None:
         """Create the table (a typed storage table and its view), or add the columns a changed definition
@@ -147,27 +149,40 @@ class Store:
         self.db.execute(f"DROP VIEW IF EXISTS {quote(table.name)}")
         self.db.execute(view_ddl(table))
 
-    def _insert(self, table: str, columns: tuple[str, ...], rows: int) -> str:
-        """``INSERT`` of ``rows`` rows at once (one statement execution instead of ``rows``)."""
-        sql = self._insert_sql.get((table, columns, rows))
+    def _insert(self, table: str, columns: tuple[str, ...], constants: tuple[str, ...], rows: int) -> str:
+        """``INSERT`` of ``rows`` rows at once (one statement execution instead of ``rows``). The ``constants``
+        columns take the same value on every row: bound once per execution, before the rows' own values."""
+        sql = self._insert_sql.get((table, columns, constants, rows))
         if sql is None:
-            names = ", ".join(quote(c) for c in columns)
-            values = ", ".join([f"({', '.join('?' * len(columns))})"] * rows)
-            sql = f"INSERT INTO {quote(storage_table(table))} ({names}) VALUES {values}"
-            self._insert_sql[(table, columns, rows)] = sql
+            target = f"{quote(storage_table(table))} ({', '.join(quote(c) for c in (*columns, *constants))})"
+            # Numbered parameters: ?1.. are the constants, named again in every row; then each row's own values.
+            fixed = [f"?{i + 1}" for i in range(len(constants))]
+            width, first = len(columns), len(constants) + 1
+            values = ", ".join(f"({', '.join([*(f'?{first + r * width + j}' for j in range(width)), *fixed])})"
+                               for r in range(rows))
+            sql = f"INSERT INTO {target} VALUES {values}"
+            self._insert_sql[(table, columns, constants, rows)] = sql
         return sql
 
-    def _insert_rows(self, table: str, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert_rows(self, table: str, columns: tuple[str, ...], block: RowBlock, constants: dict[str, Any]) -> None:
         """Rows in their order, ``ROWS_PER_INSERT`` per statement execution: each execution has a fixed cost
         (reset, halt, per-step bookkeeping) that a 240-column table makes worth sharing."""
+        names, fixed = tuple(constants), list(constants.values())
+        if not columns and not names:
+            self.db.executemany(f"INSERT INTO {quote(storage_table(table))} DEFAULT VALUES", [()] * block.count)
+            return
+        if not columns:
+            self.db.executemany(self._insert(table, columns, names, 1), [fixed] * block.count)
+            return
+        width, values = len(columns), block.values
         # Bounded by the connection's limit on bound parameters (999 in SQLite before 3.32).
-        per = min(ROWS_PER_INSERT, self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(columns))
-        whole = len(rows) - len(rows) % per if per > 1 else 0
+        per = min(ROWS_PER_INSERT, (self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - len(names)) // width)
+        whole = block.count - block.count % per if per > 1 else 0
         if whole:
-            self.db.executemany(self._insert(table, columns, per),
-                                [tuple(chain.from_iterable(rows[i:i + per])) for i in range(0, whole, per)])
-        if whole < len(rows):
-            self.db.executemany(self._insert(table, columns, 1), rows[whole:])
+            self._insert_many(self._insert(table, columns, names, per), fixed, values, 0, whole * width, per * width)
+        if whole < block.count:
+            self._insert_many(self._insert(table, columns, names, 1), fixed, values, whole * width, len(values),
+                              width)
 
     def write(self, outcome: RequestOutcome) -> None:
         """One request in its own transaction."""
@@ -202,8 +217,8 @@ class Store:
 
     def _write_one(self, outcome: RequestOutcome) -> None:
         for batch in outcome.batches:
-            for columns, rows in batch.groups.items():
-                self._insert_rows(batch.table, columns, rows)
+            for columns, block in batch.groups.items():
+                self._insert_rows(batch.table, columns, block, batch.constants)
         self._write_meta(outcome)
 
     def _write_meta(self, outcome: RequestOutcome) -> None:
@@ -226,7 +241,14 @@ class Store:
             self.db.execute(f"DELETE FROM {quote(name)}")
         self.db.execute("COMMIT")
 
+    @property
+    def native(self) -> bool:
+        """True when rows go through the native bulk insert (workspace.bulkinsert)."""
+        return self._native is not None
+
     def close(self) -> None:
+        if self._native is not None:
+            self._native.close()
         self.db.close()
 
 

@@ -23,9 +23,9 @@ TABLE = Table("App_CL", (Column("Msg", "string"), Column("N", "int")))
 
 def outcome(request_id: str, rows: int, *, broken: bool = False) -> RequestOutcome:
     batch = ShapedBatch(table="App_CL", rows=rows)
-    batch.groups[("Msg", "N", "_RequestId")] = [(f"m{i}", i, request_id) for i in range(rows)]
+    batch.add_rows(("Msg", "N", "_RequestId"), [(f"m{i}", i, request_id) for i in range(rows)])
     if broken:  # fails after its valid rows were inserted
-        batch.groups[("NoSuchColumn",)] = [(1,)]
+        batch.add_rows(("NoSuchColumn",), [(1,)])
     return RequestOutcome("dcr-x", "Custom-App", datetime.now(UTC).isoformat(), 204, [batch],
                           records_received=rows)
 

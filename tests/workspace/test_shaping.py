@@ -36,7 +36,7 @@ def shaper(max_field_bytes: int = 65_536) -> FlowShaper:
 
 
 def stored(batch: ShapedBatch) -> list[dict[str, Any]]:
-    return [dict(zip(cols, row, strict=True)) for cols, rows in batch.groups.items() for row in rows]
+    return batch.stored_rows()
 
 
 def shape(records: list[Any], **kw: Any) -> tuple[ShapedBatch, list[dict[str, Any]]]:

@@ -27,7 +27,7 @@ TABLE = Table("App_CL", (Column("TimeGenerated", "datetime"), Column("Msg", "str
 def write(store: Store, table: str, rows: list[dict[str, object]]) -> None:
     batch = ShapedBatch(table=table)
     for row in rows:
-        batch.groups.setdefault(tuple(row), []).append(tuple(row.values()))
+        batch.add_rows(tuple(row), [tuple(row.values())])
     now = datetime.now(UTC).isoformat()
     store.write(RequestOutcome("dcr-x", "Custom-App", now, 204, [batch], records_received=len(rows)))
 
@@ -77,10 +77,9 @@ def test_readers_cannot_write(tmp_path: Path) -> None:
 
 
 def outcome(table: str, rows: list[dict[str, object]], request_id: str) -> RequestOutcome:
-    batch = ShapedBatch(table=table)
+    batch = ShapedBatch(table=table, constants={"_RequestId": request_id})  # as the shaper stamps it
     for row in rows:
-        row = {**row, "_RequestId": request_id}
-        batch.groups.setdefault(tuple(row), []).append(tuple(row.values()))
+        batch.add_rows(tuple(row), [tuple(row.values())])
     batch.rows = len(rows)
     return RequestOutcome("dcr-x", "Custom-App", datetime.now(UTC).isoformat(), 204, [batch],
                           records_received=len(rows))
@@ -98,13 +97,13 @@ def test_rows_keep_their_order_and_values_across_multi_row_inserts(tmp_path: Pat
     assert stored == [(r["Msg"], r.get("N")) for r in by_column_set]
 
 
-@pytest.mark.parametrize("limit", [5, 7])  # one row per statement (3 columns); two rows per statement
+@pytest.mark.parametrize("limit", [5, 7])  # 2 columns per row + 1 constant: two rows per statement; three
 def test_multi_row_inserts_stay_within_the_bound_parameter_limit(tmp_path: Path, limit: int) -> None:
     store = Store(tmp_path)
     store.ensure_table(TABLE)
     store.db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)  # as in SQLite before 3.32 (999), but lower
     rows: list[dict[str, object]] = [{"Msg": f"m{i}", "N": i} for i in range(ROWS_PER_INSERT + 3)]
-    store.write(outcome("App_CL", rows, "r1"))  # 3 columns each, with _RequestId
+    store.write(outcome("App_CL", rows, "r1"))  # 2 columns each, plus _RequestId once per statement
     _, stored = run_query(open_reader(tmp_path), "SELECT Msg, N FROM App_CL ORDER BY rowid")
     assert stored == [(r["Msg"], r["N"]) for r in rows]
 
@@ -113,7 +112,7 @@ def test_a_failing_request_in_a_group_is_rolled_back_alone(tmp_path: Path) -> No
     store = Store(tmp_path)
     store.ensure_table(TABLE)
     broken = outcome("App_CL", [{"Msg": "partial"}] * (ROWS_PER_INSERT + 1), "bad")
-    broken.batches[0].groups[("Msg", "NoSuchColumn")] = [("x", 1)]  # written after the valid rows, then fails
+    broken.batches[0].add_rows(("Msg", "NoSuchColumn"), [("x", 1)])  # written after the valid rows, then fails
     results = store.write_group([outcome("App_CL", [{"Msg": "a"}] * 3, "good-1"), broken,
                                  outcome("App_CL", [{"Msg": "c"}] * 2, "good-2")])
     assert results[0] is None and results[2] is None
@@ -125,11 +124,23 @@ def test_a_failing_request_in_a_group_is_rolled_back_alone(tmp_path: Path) -> No
     assert metrics == [(5,)]
 
 
+@pytest.mark.parametrize("constants", [{}, {"_RequestId": "r9", "Msg": "same"}])
+def test_rows_with_no_column_of_their_own_are_stored(tmp_path: Path, constants: dict[str, object]) -> None:
+    """A record whose every value was dropped is still a row: its constants only, or no value at all."""
+    store = Store(tmp_path)
+    store.ensure_table(TABLE)
+    batch = ShapedBatch(table="App_CL", constants=constants, rows=3)
+    batch.add_rows((), [(), (), ()])
+    store.write(RequestOutcome("dcr-x", "Custom-App", datetime.now(UTC).isoformat(), 204, [batch]))
+    _, rows = run_query(open_reader(tmp_path), "SELECT _RequestId, Msg, N FROM App_CL")
+    assert rows == [(constants.get("_RequestId", ""), constants.get("Msg", ""), None)] * 3
+
+
 def test_a_single_write_raises_its_failure_and_stores_nothing(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.ensure_table(TABLE)
     broken = outcome("App_CL", [{"Msg": "partial"}], "bad")
-    broken.batches[0].groups[("NoSuchColumn",)] = [(1,)]
+    broken.batches[0].add_rows(("NoSuchColumn",), [(1,)])
     with pytest.raises(sqlite3.OperationalError):
         store.write(broken)
     assert run_query(open_reader(tmp_path), "SELECT count(*) FROM App_CL")[1] == [(0,)]
