@@ -29,7 +29,7 @@ COPY sinks/ sinks/
 COPY workspace/ workspace/
 # The import check fails the build when an extension did not compile (the install itself would go on without it).
 RUN /opt/secstream/bin/pip install -c constraints.txt . \
- && /opt/secstream/bin/python -I -c "import schemas._avrocodec, producers._evtxrender, streams._normalize"
+ && /opt/secstream/bin/python -I -c "import schemas._avrocodec, producers._evtxrender, streams._normalize, workspace._bulkinsert"
 
 # --- runtime: the virtual environment only, as an unprivileged user ------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

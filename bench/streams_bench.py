@@ -1,13 +1,28 @@
 """Stream stage throughput: the Faust worker against a plain confluent-kafka loop doing the same work, same run.
 
 Both run ``streams.processing.BatchProcessor.process`` per message (decode → filter → dedup → normalise → encode)
-on the same pre-produced input, against the embedded broker:
+on the same pre-encoded input, against the embedded broker:
 
 * ``in-process``: the same work with no Kafka at all (the Python ceiling);
-* ``confluent-kafka``: consume(500) → process → produce(partition = source partition), offsets stored after
-  produce and committed by librdkafka, as a minimal hand-written stage would do;
+* ``confluent-kafka``: poll → process → produce(partition = source partition), offsets stored after produce and
+  committed by librdkafka, as a minimal hand-written stage would do; its consumer fetches again only once its queue
+  is empty (``CONFLUENT_FETCH_PACING``), where it would otherwise keep fetching from the embedded broker, which
+  answers empty fetches at once, while it works;
 * ``faust``: ``secstream stream`` itself (uvloop, ``-l info``, direct ``app.producer.send``, 1 MiB producer batches,
-  5 ms linger, zstd output), timed from its first output message to its last.
+  5 ms linger, zstd output), as shipped, and again with ``stream.empty_fetch_wait_ms: 0`` (no wait after an empty
+  fetch: the worker's behaviour before that setting).
+
+Every Kafka variant is measured the same way, each on its own fresh topics and consumer group: the consumer starts
+on the empty input topic and is waited for until it has its partitions and is idle (the confluent loop: its
+``on_assign`` callback for all partitions; the Faust worker: Faust's ``Worker ready`` log line, logged once the
+partitions are assigned, the table recovered and the fetcher running), then 1 s on the empty topic (the consumer's
+and the broker's CPU over it: ``idle_cpu_share``); only then does a separate process produce the input. The window
+runs from the first produced message to the last output message (the confluent loop: its final ``flush()``; Faust:
+the output topic's end offsets reaching the expected count, polled every 20 ms). CPU is the consumer's own over that
+window: ``/proc/<pid>/stat`` of the Faust worker; the bench process's ``process_time`` for the confluent loop, which
+runs in it (the input producer is another process, so its CPU is not in there); the broker's CPU over the window
+too. The input producer's own rate is reported for each run, and once alone against the broker, so a reader can see
+whether production could have been the limit.
 
 Both producers compress the output with ``stream.producer_compression`` (zstd by default).
 
@@ -16,7 +31,7 @@ record ids, in RawEventBatches of 500 events of one host; a share of the batches
 batch id and order (the second collector), so dedup drops them. Also measured: dedup state bytes per event for
 10M events of one partition with gaps in the record ids, and a cProfile of the in-process work.
 
-Usage: ``.venv/bin/python bench/streams_bench.py [--events 100000] [--dedup-events 10000000]``
+Usage: ``.venv/bin/python bench/streams_bench.py [--events 100000] [--dedup-events 10000000] [--py-spy]``
 → prints and writes ``bench/results/streams.json``.
 """
 
@@ -24,17 +39,19 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import json
 import os
 import pstats
 import random
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -96,16 +113,131 @@ def make_input(n_events: int, hosts: int, dup_share: float, seed: int = 1) -> li
     return batches
 
 
-def produce_input(settings: Settings, batches: Sequence[dict[str, Any]]) -> list[bytes]:
-    producer = Producer(producer_config(settings.kafka))
-    values = []
-    for b in batches:
-        value = encode_raw_batch(b)
-        values.append(value)
-        producer.produce(settings.topics.raw, key=b["host"].encode(), value=value)
+def encode_input(batches: Sequence[dict[str, Any]]) -> list[bytes]:
+    return [encode_raw_batch(b) for b in batches]
+
+
+# ---------------------------------------------------------------------------------------- input production
+# The input is produced by a separate process, so that the CPU it costs is not the consumer's (the confluent loop
+# runs in this process) and it starts only once the consumer is idle on the empty topic.
+_FRAME = struct.Struct(">II")
+
+
+def write_feed(path: Path, batches: Sequence[dict[str, Any]], values: Sequence[bytes]) -> None:
+    """(key, value) of every input message, length-prefixed, for the producing process."""
+    with path.open("wb") as f:
+        for batch, value in zip(batches, values, strict=True):
+            key = batch["host"].encode()
+            f.write(_FRAME.pack(len(key), len(value)))
+            f.write(key)
+            f.write(value)
+
+
+def read_feed(path: Path) -> list[tuple[bytes, bytes]]:
+    data = path.read_bytes()
+    messages, at = [], 0
+    while at < len(data):
+        key_len, value_len = _FRAME.unpack_from(data, at)
+        at += _FRAME.size
+        messages.append((data[at:at + key_len], data[at + key_len:at + key_len + value_len]))
+        at += key_len + value_len
+    return messages
+
+
+def feed_process(path: Path, bootstrap: str, topic: str) -> None:
+    """Connect, say ``ready``, wait for ``go`` on stdin, produce the feed, print the times (CLOCK_MONOTONIC)."""
+    messages = read_feed(path)
+    producer = Producer(producer_config(Settings(kafka={"bootstrap_servers": bootstrap}).kafka))
+    deadline = time.monotonic() + 30
+    while True:  # connected, every partition's leader known: nothing of that in the window
+        meta = producer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is not None and meta.error is None and meta.partitions and all(
+                p.leader >= 0 for p in meta.partitions.values()):
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no leaders for {topic} within 30 s")
+        time.sleep(0.1)
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
+    cpu0, started = time.process_time(), time.monotonic()
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered)
+                break
+            except BufferError:  # librdkafka's queue is full: let it send
+                producer.poll(0.05)
         producer.poll(0)
-    producer.flush(60)
-    return values
+    undelivered = producer.flush(120)
+    finished = time.monotonic()
+    print(json.dumps({"started": started, "finished": finished, "cpu_seconds": time.process_time() - cpu0,
+                      "messages": len(messages), "undelivered": undelivered, "errors": failed[:3]}), flush=True)
+
+
+class InputFeeder:
+    """The producing process: started (and connected) ahead, producing on ``go()``."""
+
+    def __init__(self, settings: Settings, feed: Path, topic: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--feed", str(feed), "--bootstrap",
+                                      settings.kafka.bootstrap_servers, "--topic", topic],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
+        if self._stdout.readline().strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError("the input producer did not start")
+
+    def go(self) -> None:
+        self._stdin.write("go\n")
+        self._stdin.flush()
+
+    def result(self, n_events: int) -> dict[str, Any]:
+        """Its figures once it is done; ``started`` is the window's start."""
+        line = self._stdout.readline()
+        self.proc.wait(60)
+        if not line:
+            raise RuntimeError("the input producer failed")
+        fed = json.loads(line)
+        if fed["undelivered"] or fed["errors"]:
+            raise RuntimeError(f"the input producer could not deliver everything: {fed}")
+        seconds = fed["finished"] - fed["started"]
+        return {**fed, "seconds": seconds, "events_per_s": n_events / seconds,
+                "cpu_us_per_event": fed["cpu_seconds"] / n_events * 1e6}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def production_alone(settings: Settings, feed: Path, topic: str, n_events: int) -> dict[str, Any]:
+    """The input producer with no consumer running: how fast the input can reach the broker at all."""
+    raw = next(spec for spec in stage_topics(settings) if spec.name == settings.topics.raw)
+    ensure_topics(settings, [dataclasses.replace(raw, name=topic)])
+    feeder = InputFeeder(settings, feed, topic)
+    try:
+        feeder.go()
+        fed = feeder.result(n_events)
+    finally:
+        feeder.close()
+        delete_topics(settings, [topic])
+    return {key: fed[key] for key in ("seconds", "events_per_s", "cpu_us_per_event")}
+
+
+def production_check(fed: dict[str, Any], t_last: float, wall: float) -> dict[str, Any]:
+    """The input producer's figures in a run, and whether it may have been the limit: the consumer finished
+    within 10 % of the window after the last input message was acknowledged, i.e. it kept up with production."""
+    behind = t_last - fed["finished"]
+    return {"events_per_s": round(fed["events_per_s"]), "cpu_us_per_event": round(fed["cpu_us_per_event"], 2),
+            "seconds": fed["seconds"], "output_done_after_input_s": round(behind, 3),
+            "may_be_the_limit": behind < 0.1 * wall}
 
 
 # --------------------------------------------------------------------------------------------- variants
@@ -176,35 +308,121 @@ def profile_in_process(settings: Settings, values: Sequence[bytes], top: int = 1
 
 
 def output_total(settings: Settings) -> int:
-    consumer = Consumer({**client_config(settings.kafka), "group.id": f"probe-{uuid.uuid4().hex}"})
-    try:
+    with OutputWatermarks(settings) as marks:
+        return marks.total()
+
+
+class OutputWatermarks:
+    """End offsets of the output topic, summed, from one client kept open (polled while a run goes on)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = Consumer({**client_config(settings.kafka), "group.id": f"probe-{uuid.uuid4().hex}"})
         topic = settings.topics.normalized
-        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
-    finally:
-        consumer.close()
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.partitions = [TopicPartition(topic, p) for p in parts]
+
+    def total(self) -> int:
+        return sum(self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self.partitions)
+
+    def __enter__(self) -> OutputWatermarks:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.consumer.close()
 
 
-def run_confluent(settings: Settings, n_messages: int) -> dict[str, Any]:
-    """consume(500) → process → produce(partition = source partition); offsets stored once produced."""
+def variant_settings(settings: Settings, name: str, **stream: Any) -> Settings:
+    """Fresh topics and app id for one variant, so each starts on an empty input topic with no state."""
+    topics = {"raw": f"{settings.topics.raw}-{name}", "normalized": f"{settings.topics.normalized}-{name}",
+              "dead_letter": f"{settings.topics.dead_letter}-{name}"}
+    return settings.model_copy(update={
+        "topics": settings.topics.model_copy(update=topics),
+        "stream": settings.stream.model_copy(update={"app_id": f"{settings.stream.app_id}-{name}", **stream})})
+
+
+def variant_topics(settings: Settings) -> list[str]:
+    app = settings.stream.app_id
+    return [settings.topics.raw, settings.topics.normalized, settings.topics.dead_letter,
+            f"{app}-dedup-changelog", f"{app}-__assignor-__leader"]
+
+
+IDLE_SECONDS = 1.0  # how long a consumer runs on the empty input topic before the input is produced
+
+
+class CpuClock:
+    """CPU seconds of the consumer (``cpu``: a callable) and of the broker process since ``start()``."""
+
+    def __init__(self, cpu: Callable[[], float], broker_pid: int) -> None:
+        self.cpu, self.broker_pid = cpu, broker_pid
+        self.start()
+
+    def start(self) -> None:
+        self.t0, self.cpu0, self.broker0 = time.monotonic(), self.cpu(), _cpu_seconds(self.broker_pid)
+
+    def read(self) -> tuple[float, float]:
+        """(consumer, broker) CPU seconds since ``start()``."""
+        return self.cpu() - self.cpu0, _cpu_seconds(self.broker_pid) - self.broker0
+
+    def idle_shares(self) -> dict[str, float]:
+        """Share of a core used by the consumer and by the broker since ``start()`` (both idle but polling)."""
+        wall = time.monotonic() - self.t0
+        cpu, broker = self.read()
+        return {"consumer": round(cpu / wall, 3), "broker": round(broker / wall, 3)}
+
+
+def window_figures(n_events: int, t_last: float, used: tuple[float, float], fed: dict[str, Any],
+                   idle: dict[str, float]) -> dict[str, Any]:
+    """Figures of one window: from ``fed["started"]`` (first input message produced) to ``t_last``; ``used``:
+    (consumer, broker) CPU seconds over it."""
+    wall = t_last - fed["started"]
+    cpu, broker = used
+    return {"events_in": n_events, "seconds": wall, "events_per_s": n_events / wall, "cpu_us_per_event":
+            cpu / n_events * 1e6, "broker_cpu_us_per_event": round(broker / n_events * 1e6, 2),
+            "idle_cpu_share": idle, "input_production": production_check(fed, t_last, wall)}
+
+
+# librdkafka fetches again at once after an empty fetch; the embedded broker answers one at once where Kafka would
+# hold it, so the consumer would fetch in a loop at the end of its partitions, also while the loop works on what it
+# fetched. With these it fetches again only once its queue is empty (checked every 10 ms). It still fetches in a
+# loop when idle with an empty queue (reported as idle_cpu_share).
+CONFLUENT_FETCH_PACING = {"queued.min.messages": 1, "fetch.queue.backoff.ms": 10}
+
+
+def run_confluent(settings: Settings, n_messages: int, feed: Path, broker_pid: int) -> dict[str, Any]:
+    """poll → process → produce(partition = source partition); offsets stored once produced."""
     processor = BatchProcessor(rules(settings))
     dedupers: dict[int, Deduper] = {}
+    feeder = InputFeeder(settings, feed, settings.topics.raw)
     group = f"bench-ck-{uuid.uuid4().hex[:6]}"
     consumer = Consumer(consumer_config(settings.kafka, group, **{"enable.auto.commit": True,
-                                                                  "auto.commit.interval.ms": 2000}))
+                                                                  "auto.commit.interval.ms": 2000,
+                                                                  **CONFLUENT_FETCH_PACING}))
     # Same output compression as the Faust worker (stream.producer_compression), at librdkafka's default level.
     producer = Producer({**producer_config(settings.kafka), "compression.type": settings.stream.producer_compression})
-    consumer.subscribe([settings.topics.raw])
-    seen = rows = 0
-    t0 = cpu0 = 0.0
-    out_topic = settings.topics.normalized
-    while seen < n_messages:
-        msgs = consumer.consume(500, timeout=0.5)
-        if not msgs:
-            continue
-        if not seen:
-            t0, cpu0 = time.perf_counter(), time.process_time()
-        for msg in msgs:
+    try:
+        assigned: list[TopicPartition] = []
+        consumer.subscribe([settings.topics.raw], on_assign=lambda _c, parts: assigned.extend(parts))
+        deadline = time.monotonic() + 60
+        while len(assigned) < PARTITIONS:
+            if consumer.poll(0.2) is not None:
+                raise RuntimeError("the input topic is not empty")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no assignment within 60 s: {assigned}")
+        clock = CpuClock(time.process_time, broker_pid)
+        while time.monotonic() - clock.t0 < IDLE_SECONDS:  # polls that come back empty
+            if consumer.poll(0.1) is not None:
+                raise RuntimeError("the input topic is not empty")
+        idle = clock.idle_shares()
+        seen = rows = 0
+        out_topic = settings.topics.normalized
+        clock.start()
+        feeder.go()
+        while seen < n_messages:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if feeder.proc.poll() not in (None, 0):
+                    raise RuntimeError("the input producer failed")
+                continue
             if msg.error():
                 continue
             p = msg.partition() or 0
@@ -215,70 +433,102 @@ def run_confluent(settings: Settings, n_messages: int) -> dict[str, Any]:
                 producer.produce(out_topic, value, msg.key(), partition=p)
             rows += out.rows
             seen += 1
-        producer.poll(0)
-        consumer.store_offsets(msgs[-1])
-    producer.flush(60)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    consumer.close()
-    n = n_messages * BATCH
-    return {"events_in": n, "rows_out": rows, "seconds": wall, "events_per_s": n / wall,
-            "cpu_us_per_event": cpu / n * 1e6, "output_messages": output_total(settings)}
+            producer.poll(0)
+            consumer.store_offsets(msg)
+        producer.flush(60)
+        t_last, used = time.monotonic(), clock.read()
+        n = n_messages * BATCH
+        figures = window_figures(n, t_last, used, feeder.result(n), idle)
+    finally:
+        feeder.close()
+        consumer.close()
+    return {**figures, "rows_out": rows, "output_messages": output_total(settings)}
 
 
-def run_faust(settings: Settings, n_messages: int, expected_out: int, tmp: Path,
-              py_spy: bool = False, long_poll: bool = False) -> dict[str, Any]:
+def run_faust(settings: Settings, n_messages: int, expected_out: int, tmp: Path, feed: Path, broker_pid: int,
+              py_spy: bool = False) -> dict[str, Any]:
     import yaml
 
     config = settings.model_dump(mode="json", exclude_none=True)
-    config["stream"]["data_dir"] = str(tmp / "faust")
+    config["stream"]["data_dir"] = str(tmp / f"faust-{settings.stream.app_id}")
     path = tmp / "stream.yaml"
     path.write_text(yaml.safe_dump(config))
-    log = open(tmp / "faust.log", "wb")  # noqa: SIM115
-    # long_poll: the worker's fetcher waits after an empty fetch, as against real Kafka (bench/faust_longpoll.py)
-    command = ([sys.executable, str(REPO / "bench" / "faust_longpoll.py")] if long_poll
-               else [str(Path(sys.executable).parent / "secstream")])
-    proc = subprocess.Popen([*command, "--config", str(path), "stream"],
+    log_path = tmp / f"faust-{settings.stream.app_id}.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "secstream"), "--config", str(path), "stream"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    feeder: InputFeeder | None = None
     spy: subprocess.Popen[bytes] | None = None
     spy_out = tmp / "faust.pyspy.txt"
+    out: dict[str, Any] = {}
     try:
-        t_first = t_last = 0.0
-        deadline = time.monotonic() + 600
-        cpu_first = 0.0
-        while time.monotonic() < deadline:
-            total = output_total(settings) if proc.poll() is None else -1
-            if total < 0:
-                raise RuntimeError(f"faust worker exited: {(tmp / 'faust.log').read_text()[-3000:]}")
-            if total and not t_first:
-                t_first, cpu_first = time.perf_counter(), _cpu_seconds(proc.pid)
-                if py_spy:  # samples the worker while it works (GIL holders only), the bench's own choice
-                    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-                                            str(proc.pid), "--gil", "--rate", "200", "--format", "raw",
-                                            "--output", str(spy_out), "--nonblocking"],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if total >= expected_out:
-                t_last = time.perf_counter()
-                break
-            time.sleep(0.05)
-        cpu = _cpu_seconds(proc.pid) - cpu_first
-        wall = t_last - t_first
+        feeder = InputFeeder(settings, feed, settings.topics.raw)
+        deadline = time.monotonic() + 120
+        # Faust logs "Worker ready" once its partitions are assigned, the table is recovered and the fetcher runs.
+        while READY_LINE not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"faust worker not ready: {log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        clock = CpuClock(lambda: _cpu_seconds(proc.pid), broker_pid)
+        time.sleep(IDLE_SECONDS)  # fetching from the empty topic
+        idle = clock.idle_shares()
+        with OutputWatermarks(settings) as marks:
+            if py_spy:  # samples the worker while it works (GIL holders only), the bench's own choice
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                                        str(proc.pid), "--gil", "--rate", "200", "--format", "raw",
+                                        "--output", str(spy_out), "--nonblocking"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)  # attached
+            clock.start()
+            feeder.go()
+            done = moved = 0
+            moved_at = time.monotonic()
+            while done < expected_out:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"faust worker exited: {log_path.read_text(errors='replace')[-3000:]}")
+                if done != moved:
+                    moved, moved_at = done, time.monotonic()
+                elif time.monotonic() - moved_at > STALL_SECONDS:
+                    raise RuntimeError(f"faust worker stalled at {done} of {expected_out} output messages for "
+                                       f"{STALL_SECONDS} s (log: {log_path})")
+                time.sleep(0.02)
+                done = marks.total()
+            t_last, used = time.monotonic(), clock.read()
         n = n_messages * BATCH
-        out: dict[str, Any] = {"events_in": n, "seconds": wall, "events_per_s": n / wall if wall else 0.0,
-                               "cpu_us_per_event": cpu / n * 1e6, "output_messages": expected_out}
+        out.update({**window_figures(n, t_last, used, feeder.result(n), idle),
+                    "output_messages": expected_out,
+                    "rebalances": log_path.read_text(errors="replace").count(READY_LINE) - 1})
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
             out["py_spy_top"] = py_spy_top(spy_out)
         return out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:  # a worker that does not stop must not lose the run's figures
-            print("faust worker did not stop within 30 s of SIGTERM: killed", flush=True)
-            proc.kill()
-            proc.wait(30)
+        if feeder is not None:
+            feeder.close()
+        out["stop_seconds"] = stop_seconds = stop_worker(proc)
         log.close()
+        if stop_seconds is None:
+            print(f"faust worker did not stop within 30 s of SIGTERM: killed; its log ends with\n"
+                  f"{log_path.read_text(errors='replace')[-2000:]}", flush=True)
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> float | None:
+    """SIGTERM, then SIGKILL after 30 s (a worker that does not stop must not lose the run's figures); the
+    seconds it took to stop, None if it had to be killed."""
+    started = time.monotonic()
+    proc.terminate()
+    try:
+        proc.wait(30)
+        return time.monotonic() - started
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
+        return None
+
+
+READY_LINE = "Worker ready"
+STALL_SECONDS = 60
 
 
 _CATEGORIES = (  # innermost frame's file -> where the worker's time goes
@@ -363,7 +613,7 @@ def one_pass(n_events: int) -> None:
     import gc
 
     batches = make_input(n_events, 40, 0.05)
-    values = [encode_raw_batch(b) for b in batches]
+    values = encode_input(batches)
     processor = BatchProcessor(rules(Settings()))
 
     def run(_: Any = None, __: Any = None) -> int:
@@ -382,6 +632,13 @@ def one_pass(n_events: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- main
+# (result key, topic suffix, stream settings) of each Faust run; the first is the worker as shipped.
+FAUST_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("faust", "faust", {}),
+    ("faust_no_fetch_wait", "faust-nowait", {"empty_fetch_wait_ms": 0}),  # the worker before that setting
+]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100_000)
@@ -390,6 +647,9 @@ def main() -> None:
     ap.add_argument("--dedup-events", type=int, default=10_000_000)
     ap.add_argument("--py-spy", action="store_true", help="sample the Faust worker with py-spy (pip install py-spy)")
     ap.add_argument("--dedup-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--feed", type=Path, help=argparse.SUPPRESS)  # the input producer process
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    ap.add_argument("--topic", help=argparse.SUPPRESS)
     ap.add_argument("--one-pass", type=int, default=0, metavar="EVENTS",
                     help="no Kafka: one warm-up pass and one measured pass of BatchProcessor.process over EVENTS "
                          "events of 40 hosts, the measured one inside functools.reduce (for valgrind "
@@ -398,17 +658,31 @@ def main() -> None:
     if args.dedup_only:  # run in a fresh interpreter so its RSS growth is the state's
         print(json.dumps(dedup_memory(args.dedup_events)))
         return
+    if args.feed:
+        feed_process(args.feed, args.bootstrap, args.topic)
+        return
     if args.one_pass:
         one_pass(args.one_pass)
         return
 
-    result: dict[str, Any] = {"load_average": os.getloadavg()}
+    result: dict[str, Any] = {"load_average": os.getloadavg(), "method": (
+        "each Kafka variant starts idle on an empty input topic; a separate process then produces the input; "
+        "window = first produced message to last output message; CPU = the consumer's own over the window")}
+    batches = make_input(args.events, args.hosts, args.dup_share)
+    values = encode_input(batches)
+    n = len(values)
+    n_events = n * BATCH
+    print(f"input: {n} messages, {n_events} events", flush=True)
+    result["in_process"] = run_in_process(Settings(), batches, values)
+    print("in-process", result["in_process"], flush=True)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         from tests.conftest import free_port
 
+        feed = tmp / "input.bin"
+        write_feed(feed, batches, values)
         broker = EmbeddedBroker(data_dir=tmp / "broker", port=free_port())
-        broker.start()
+        broker_pid = broker.start()
         run = uuid.uuid4().hex[:6]
         settings = Settings(
             kafka={"bootstrap_servers": broker.bootstrap},
@@ -417,45 +691,46 @@ def main() -> None:
                     "normalized_partitions": PARTITIONS},
             stream={"app_id": f"bench-stream-{run}", "log_level": "info", "uvloop": True},
         )
+        used: list[Settings] = []
+
+        def fresh(suffix: str, **stream: Any) -> Settings:
+            variant = variant_settings(settings, suffix, **stream)
+            used.append(variant)
+            ensure_topics(variant, stage_topics(variant))
+            return variant
+
+        def done(variant: Settings) -> None:
+            delete_topics(variant, variant_topics(variant))  # the broker holds everything in RAM
+
         try:
-            ensure_topics(settings, stage_topics(settings))
-            batches = make_input(args.events, args.hosts, args.dup_share)
-            values = produce_input(settings, batches)
-            n = len(values)
-            print(f"input: {n} messages, {n * BATCH} events", flush=True)
-            result["in_process"] = run_in_process(settings, batches, values)
-            print("in-process", result["in_process"], flush=True)
-            result["confluent_kafka"] = ck = run_confluent(settings, n)
+            result["input_production_alone"] = alone = production_alone(settings, feed, f"bench-prod-{run}", n_events)
+            print("input production alone", alone, flush=True)
+            variant = fresh("ck")
+            result["confluent_kafka"] = ck = run_confluent(variant, n, feed, broker_pid)
             print("confluent-kafka", ck, flush=True)
-            # Same output again from the Faust worker: start from an empty output topic.
-            delete_topics(settings, [settings.topics.normalized])
-            time.sleep(0.5)
-            ensure_topics(settings, stage_topics(settings))
-            result["faust"] = fa = run_faust(settings, n, ck["output_messages"], tmp, args.py_spy)
-            print("faust", fa, flush=True)
-            result["faust_to_confluent_ratio"] = round(fa["events_per_s"] / ck["events_per_s"], 3)
-            # The same again with the fetcher waiting after empty fetches as against Kafka, under its own app id.
-            delete_topics(settings, [settings.topics.normalized])
-            time.sleep(0.5)
-            long_poll = settings.model_copy(update={"stream": settings.stream.model_copy(
-                update={"app_id": f"{settings.stream.app_id}-lp"})})
-            ensure_topics(long_poll, stage_topics(long_poll))
-            result["faust_long_poll"] = fl = run_faust(long_poll, n, ck["output_messages"], tmp, long_poll=True)
-            print("faust, long-poll emulation", fl, flush=True)
-            result["faust_long_poll_to_confluent_ratio"] = round(fl["events_per_s"] / ck["events_per_s"], 3)
+            done(variant)
+            for key, suffix, stream in FAUST_VARIANTS:
+                variant = fresh(suffix, **stream)
+                result[key] = fa = run_faust(variant, n, ck["output_messages"], tmp, feed, broker_pid,
+                                             py_spy=args.py_spy and key == "faust")
+                print(key, {k: v for k, v in fa.items() if k != "py_spy_top"}, flush=True)
+                result[f"{key}_to_confluent_ratio"] = round(fa["events_per_s"] / ck["events_per_s"], 3)
+                done(variant)
+            for key in ("confluent_kafka", *(key for key, *_ in FAUST_VARIANTS)):
+                if result[key]["input_production"]["may_be_the_limit"]:
+                    print(f"{key}: the consumer kept up with the input producer, so production may have been "
+                          "the limit of this figure", flush=True)
             result["profile_in_process"] = profile_in_process(settings, values[: min(n, 60)])
             result["component_split"] = component_split(settings, values)
             print("split", result["component_split"], flush=True)
         finally:
-            delete_topics(settings, [settings.topics.raw, settings.topics.normalized, settings.topics.dead_letter,
-                                     *(f"{app}-{suffix}" for app in (settings.stream.app_id,
-                                                                     f"{settings.stream.app_id}-lp")
-                                       for suffix in ("dedup-changelog", "__assignor-__leader"))])
+            for variant in used:
+                done(variant)
             broker.stop()
     if args.dedup_events:
-        fresh = subprocess.run([sys.executable, __file__, "--dedup-only", "--dedup-events", str(args.dedup_events)],
-                               check=True, capture_output=True, text=True)
-        result["dedup_memory"] = json.loads(fresh.stdout.strip().splitlines()[-1])
+        fresh_run = subprocess.run([sys.executable, __file__, "--dedup-only", "--dedup-events",
+                                    str(args.dedup_events)], check=True, capture_output=True, text=True)
+        result["dedup_memory"] = json.loads(fresh_run.stdout.strip().splitlines()[-1])
         print("dedup memory", result["dedup_memory"], flush=True)
     result["load_average_after"] = os.getloadavg()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -26,19 +26,24 @@ array of items that can take zero bytes), so a malformed program is a ValueError
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from schemas.compiled import Unsupported, check_supported
 
-try:
-    from schemas import _avrocodec  # type: ignore[attr-defined]
-except ImportError as exc:  # built optionally: a missing compiler leaves the pure-Python codecs
-    _avrocodec = None
-    IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
-else:
-    IMPORT_ERROR = None
+
+def optional_extension(name: str) -> tuple[Any, str | None]:
+    """A C extension that is built optionally (none without a compiler at install time): the module, or None and
+    why it could not be imported. The callers keep a pure-Python path for the second case."""
+    try:
+        return importlib.import_module(name), None
+    except ImportError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+_avrocodec, IMPORT_ERROR = optional_extension("schemas._avrocodec")
 
 DISABLE_ENV = "SECSTREAM_NATIVE_CODEC"  # "0": use the pure-Python codecs even when the extension is built
 

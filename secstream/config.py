@@ -244,6 +244,12 @@ class StreamSettings(_Section):
         "info", description="worker log level; info also keeps Faust's spinner (and its debug records) off")
     broker_wait_seconds: float = Field(
         600.0, ge=0, description="at start, wait this long for Kafka to become reachable before giving up")
+    # At most Faust's fetch_max_wait_ms (1500): Kafka holds an empty fetch that long, so against Kafka the wait
+    # never adds anything.
+    empty_fetch_wait_ms: float = Field(
+        100.0, ge=0, le=1500, description="after a fetch that brought no records and came back sooner than this, "
+        "wait out the rest before fetching again (a broker that answers empty fetches at once, like the embedded "
+        "one, would otherwise keep the consumer busy); 0 = off")
 
 
 class ProducerSettings(_Section):

@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import threading
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 import faust
+from faust.exceptions import AlreadyConfiguredWarning
 from faust.types import TP
 from opentelemetry import metrics, trace
 
@@ -40,6 +44,7 @@ from secstream.lifecycle import StageState
 from secstream.source_position import source_headers
 from secstream.telemetry import batch_span, inject_trace_headers
 from streams.dedup import Deduper, iter_partition_records
+from streams.fetch_wait import install_empty_fetch_wait
 from streams.filtering import RuleLike, RuleSet
 from streams.lag import INTERVAL_SECONDS, FaustLagReporter
 from streams.processing import BatchProcessor, Outcome
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 
 TABLE_NAME = "dedup"
 _PARTITION_SEP = "\x1e"
+# After its agent failed, the worker exits (code 1) within this many seconds even if Faust's shutdown hangs.
+FAILED_EXIT_SECONDS = 10.0
 
 
 
@@ -206,10 +213,41 @@ class StreamStage:
         self.state.detail = f"running ({len(mine)} partitions)"
 
 
+def _never_commit(message: Any) -> None:
+    """Keep a failed message's offset, and every later one of its partition, out of all commits.
+
+    Faust records an offset for commit on the message's first ack (``Consumer.ack`` tests and sets ``acked``), and
+    the stream acks the message it handed out when its iterator is closed, failure or not. Taking that first ack
+    here leaves a gap at this offset, and Faust commits a partition only up to its first gap.
+    """
+    message.acked = True
+
+
+def _stop_waiting_for_streams(app: faust.App) -> None:
+    """Faust's shutdown waits (``stream_wait_empty``) until every message taken is acked; a failed one never is."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AlreadyConfiguredWarning)
+        app.conf.stream_wait_empty = False
+
+
+def _exit_after(seconds: float, reason: str) -> None:
+    """End the process with code 1 if Faust's shutdown has not ended it within ``seconds`` (signals included)."""
+
+    def _exit() -> None:
+        log.error("the stream worker did not stop within %.0f s of a failure (%s); exiting", seconds, reason)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, _exit)
+    timer.daemon = True
+    timer.start()
+
+
 def build_app(settings: Settings, rules: RuleSet | None = None) -> tuple[faust.App, StreamStage]:
     """The Faust app with its topic, table, agent, timer and rebalance hooks. Rules are compiled if not given."""
     s = settings.stream
     rules = rules if rules is not None else RuleSet.compile(cast(Sequence[RuleLike], settings.rules))
+    install_empty_fetch_wait(s.empty_fetch_wait_ms)
     partitions = settings.topics.raw_partitions
     app = faust.App(
         s.app_id,
@@ -245,9 +283,12 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> tuple[faust.A
                 await stage.handle(event.message)
             except Exception as exc:
                 # A dead agent in a live worker would stall its partitions silently: fail the whole worker so
-                # the orchestrator restarts it (the message's offset is not committed, so nothing is lost).
+                # the orchestrator restarts it. The message's offset is never committed, so nothing is lost.
                 stage.state.live = False
                 stage.state.detail = f"failed: {exc.__class__.__name__}: {exc}"
+                _never_commit(event.message)
+                _stop_waiting_for_streams(app)
+                _exit_after(FAILED_EXIT_SECONDS, stage.state.detail)
                 await app.crash(exc)
                 raise
 

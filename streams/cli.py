@@ -121,7 +121,7 @@ def run_worker(settings: Settings, rules: object) -> None:
         if health is not None:
             health.stop()
         if not stage.state.live:
-            log.error("the stream worker stopped after a failure: %s", stage.state.detail)
+            log.error("the stream worker stopped: %s", stage.state.detail)
             raise SystemExit(1)
 
 
@@ -133,9 +133,11 @@ def _lost_kafka(exc: BaseException) -> bool:
     from aiokafka.errors import KafkaConnectionError
 
     seen: BaseException | None = exc
-    while seen is not None:
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:  # mode re-raises a crash "from" itself: a cycle
         if isinstance(seen, KafkaConnectionError):
             return True
+        visited.add(id(seen))
         seen = seen.__cause__ or seen.__context__
     return False
 

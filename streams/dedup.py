@@ -33,12 +33,16 @@ a changelog gets one record per bucket touched per batch, never one per event; `
 
 from __future__ import annotations
 
+import contextlib
+import struct
 import sys
 import time
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import add, eq, gt, itemgetter, lt, ne, not_, rshift, sub
 from typing import Any
 
 from streams.identity import content_fingerprint
@@ -50,10 +54,29 @@ UNNUMBERED = -(2**63)  # the "epoch" of state records holding events without a r
 UNNUMBERED_BITS = 36  # their buckets: 2**36 ticks of TimeCreated, ~1.9 h
 _SEP = "\x1f"
 _BIG_ENDIAN = sys.byteorder == "big"
+_BUCKET_MASK = (1 << BUCKET_BITS) - 1
+_NO_TIME = -(2**63)
+
+_computer_of = itemgetter("computer")
+_channel_of = itemgetter("channel")
+_record_of = itemgetter("event_record_id")
+_time_of = itemgetter("time_created")
+_event_id_of = itemgetter("event_id")
 
 
 def _q() -> array[int]:
     return array("q")
+
+
+def _extend(column: array[int], values: list[int]) -> None:
+    # struct converts a list of ints to int64 at a fraction of the cost of array.extend (no argument parsing per
+    # item); out of range, array.extend raises its own error as it always did.
+    try:
+        packed = struct.pack(f"{len(values)}q", *values)
+    except struct.error:
+        column.extend(values)
+    else:
+        column.frombytes(packed)
 
 
 @dataclass
@@ -65,6 +88,9 @@ class Epoch:
     hi: array[int] = field(default_factory=_q)
     off: array[int] = field(default_factory=_q)  # index in ``times`` of each range's first id
     times: array[int] = field(default_factory=_q)
+    # At least the newest TimeCreated ever held (an upper bound: expiry leaves it), so a block of newer events can
+    # skip this epoch's lookups.
+    latest: int = field(default=_NO_TIME, compare=False)
 
     def time_of(self, r: int) -> int | None:
         i = bisect_right(self.lo, r) - 1
@@ -82,6 +108,8 @@ class Epoch:
         joins_left = i >= 0 and hi[i] == r - 1 and (hi[i] >> BUCKET_BITS) == bucket
         joins_right = j < n and lo[j] == r + 1 and (lo[j] >> BUCKET_BITS) == bucket
         pos = off[j] if j < n else len(times)
+        if t > self.latest:
+            self.latest = t
         if pos == len(times):
             times.append(t)
         else:
@@ -104,6 +132,40 @@ class Epoch:
         for m in range(shift_from, len(off)):
             off[m] += 1
         return bucket
+
+    def extend_ascending(self, rs: list[int], ts: list[int], gaps: list[int], newest: int) -> list[int]:
+        """Record events whose ids ascend strictly, all above the last range (``gaps``: each id minus the one before
+        it; ``newest``: the greatest time), with the same state as ``insert`` one by one, built with C-level passes.
+        Returns the buckets changed, in id order."""
+        lo, hi, off = self.lo, self.hi, self.off
+        base = len(self.times)
+        _extend(self.times, ts)
+        if newest > self.latest:
+            self.latest = newest
+        # A run of consecutive ids starts at each id that does not follow the one before it, and where a bucket
+        # starts.
+        starts = list(compress(range(1, len(rs)), map(ne, gaps, repeat(1))))
+        starts.insert(0, 0)
+        first, last = rs[0], rs[-1]
+        if first >> BUCKET_BITS != last >> BUCKET_BITS:
+            bucket_starts = (bisect_left(rs, b << BUCKET_BITS)
+                             for b in range((first >> BUCKET_BITS) + 1, (last >> BUCKET_BITS) + 1))
+            starts = sorted(set(starts).union(bucket_starts))
+        buckets = list(dict.fromkeys(map(rshift, map(rs.__getitem__, starts), repeat(BUCKET_BITS))))
+        if len(hi) and hi[-1] == first - 1 and first & _BUCKET_MASK:  # the first id extends the last range
+            del starts[0]
+            hi[-1] = rs[starts[0] - 1] if starts else last
+        if starts:
+            _extend(lo, list(map(rs.__getitem__, starts)))
+            ends = list(map(rs.__getitem__, map(sub, starts[1:], repeat(1))))
+            ends.append(last)
+            _extend(hi, ends)
+            _extend(off, list(map(add, starts, repeat(base))))
+        return buckets
+
+    def may_hold(self, r_first: int, r_last: int, t_min: int) -> bool:
+        """Whether some (r, t) with r in [r_first, r_last] and t >= t_min could be stored here."""
+        return bool(len(self.lo)) and self.lo[0] <= r_last and r_first <= self.hi[-1] and self.latest >= t_min
 
     def expire(self, horizon: int, touched: set[int]) -> None:
         """Drop the leading ids of each range whose TimeCreated is older than ``horizon``."""
@@ -152,6 +214,8 @@ class Epoch:
         times = cols[1 + 2 * n :]
         if n < 0 or len(times) != sum(b - a + 1 for a, b in zip(lo, hi, strict=True)):
             raise ValueError("dedup state record has the wrong length")
+        if len(times) and max(times) > self.latest:
+            self.latest = max(times)
         at = 0
         for first, last in zip(lo, hi, strict=True):
             count = last - first + 1
@@ -214,6 +278,66 @@ class LogState:
     def is_duplicate(self, r: int, t: int) -> bool:
         return any(epoch.time_of(r) == t for epoch in reversed(self.epochs))
 
+    def admit(self, r: int, t: int, clears_log: bool) -> bool:
+        """One event with a record id: False if it is a duplicate, else recorded and True."""
+        if self.is_duplicate(r, t):
+            return False
+        self.place(r, t, clears_log)
+        return True
+
+    def admit_unnumbered(self, event: Mapping[str, Any], t: int) -> bool:
+        """One event without a record id: False if it is a duplicate, else recorded and True."""
+        fingerprint = content_fingerprint(event)
+        if self.seen_unnumbered(t, fingerprint):
+            return False
+        self.add_unnumbered(t, fingerprint)
+        return True
+
+    def block_end(self, rs: list[int], ts: list[int], ascending: list[bool] | None, clears: list[int],
+                  c: int) -> tuple[int, bool]:
+        """The events from ``c`` on that can go to the newest epoch as one block: (end, True) when events
+        [c, end) can be appended with ``append_block``; (end, False) when [c, end) would be but an older epoch might
+        hold one of them (they then go one by one); (c, False) when event c cannot start a block.
+
+        ``ascending[j]`` tells ``rs[j + 1] > rs[j]`` (None: all do); ``clears`` are the positions of 1102 events
+        of Security, ascending. Event by event, each of the block would be no duplicate in the newest epoch (its id
+        is above the last one there) and be placed in it (it clears nothing, and the newest epoch is the one its time
+        belongs to: the only one, or one that started at or before that time)."""
+        if not self.epochs:
+            return c, False
+        newest = self.epochs[-1]
+        start = newest.start
+        alone = len(self.epochs) == 1
+        if not len(newest.hi) or rs[c] <= newest.hi[-1] or (ts[c] < start and not alone):
+            return c, False
+        k = bisect_left(clears, c)
+        if k < len(clears) and clears[k] == c:
+            return c, False
+        end = len(rs)
+        if ascending is not None:
+            with contextlib.suppress(ValueError):  # no False: all ascend to the end
+                end = ascending.index(False, c) + 1
+        if k < len(clears) and clears[k] < end:
+            end = clears[k]
+        if alone:
+            return end, True
+        block_times = ts[c:end]
+        oldest = min(block_times)
+        if oldest < start:  # from the first event older than the epoch on, another epoch is the target
+            end = c + list(map(lt, block_times, repeat(start))).index(True)
+            oldest = min(ts[c:end])
+        return end, not any(e.may_hold(rs[c], rs[end - 1], oldest) for e in self.epochs[:-1])
+
+    def append_block(self, rs: list[int], ts: list[int], gaps: list[int], newest: int | None = None) -> None:
+        """Record a block found by ``block_end`` in the newest epoch (``gaps`` and ``newest`` as for
+        ``Epoch.extend_ascending``; None: computed here)."""
+        epoch = self.epochs[-1]
+        if newest is None:
+            newest = max(ts)
+        self.touched.update(zip(repeat(epoch.start), epoch.extend_ascending(rs, ts, gaps, newest)))
+        if newest > self.newest:
+            self.newest = newest
+
     def place(self, r: int, t: int, clears_log: bool) -> None:
         epochs = self.epochs
         # The epoch this time belongs to: the newest that started at or before t (else the oldest).
@@ -273,10 +397,54 @@ class Deduper:
         self._last_sweep = clock()
 
     def admit_batch(self, events: Iterable[Mapping[str, Any]]) -> tuple[list[Any], list[Any]]:
-        """Split events into (kept, duplicates), recording the kept ones. Order within each list is kept."""
+        """Split events into (kept, duplicates), recording the kept ones. Order within each list is kept.
+
+        Same outcome and same state records as ``admit_each``, with the per-event work done by C-level passes: the
+        identity columns are read once, events are grouped by log (logs are independent, so each log's events are
+        taken in their batch order, logs in order of first appearance), and a block of ascending record ids above
+        everything its log holds is appended in one step; anything else goes one event at a time."""
+        batch = events if isinstance(events, list) else list(events)
+        if not batch:
+            return self.admit_each(batch)
+        try:
+            computers = list(map(_computer_of, batch))
+            channels = list(map(_channel_of, batch))
+            records = list(map(_record_of, batch))
+            times = list(map(_time_of, batch))
+            event_ids = list(map(_event_id_of, batch))
+            one_computer = computers.count(computers[0]) == len(computers)
+            keys: list[Any] = channels if one_computer else list(zip(computers, channels, strict=True))
+            groups = [keys[0]] if keys.count(keys[0]) == len(keys) else list(dict.fromkeys(keys))
+        except (KeyError, TypeError):  # a field missing or unhashable: one by one, failing where it always did
+            return self.admit_each(batch)
+        log_keys = [(computers[0] or "", g or "") if one_computer else (g[0] or "", g[1] or "") for g in groups]
+        try:
+            newest = max(times)  # a TypeError (or None) here: an event without a time
+        except TypeError:
+            newest = None
+        if newest is None or len(set(log_keys)) < len(groups):  # odd input (e.g. None and "" name one log)
+            return self.admit_each(batch)
+        now = self._clock()
+        verdicts: list[bool] | None = None  # per event, once one was judged alone (None: all kept so far)
+        for group, log_key, positions in zip(groups, log_keys, _positions(keys, groups), strict=True):
+            log = self._log(log_key)
+            channel = group if one_computer else group[1]
+            if positions is None:
+                rs, ts, group_newest = records, times, newest
+            else:
+                rs, ts = list(map(records.__getitem__, positions)), list(map(times.__getitem__, positions))
+                group_newest = None
+            verdicts = _admit_log(log, channel == "Security", batch, positions, rs, ts, group_newest, event_ids,
+                                  verdicts)
+        self._after_batch(set(log_keys), now)
+        if verdicts is None:
+            return list(batch), []
+        return list(compress(batch, verdicts)), list(compress(batch, map(not_, verdicts)))
+
+    def admit_each(self, events: Iterable[Mapping[str, Any]]) -> tuple[list[Any], list[Any]]:
+        """``admit_batch`` one event at a time (the reference it is tested against)."""
         kept: list[Any] = []
         duplicates: list[Any] = []
-        logs = self.logs
         now = self._clock()
         touched_logs: set[tuple[str, str]] = set()
         computer = channel = None
@@ -287,22 +455,13 @@ class Deduper:
             if ev["computer"] != computer or ev["channel"] != channel:
                 computer, channel = ev["computer"], ev["channel"]
                 key = (computer or "", channel or "")
-                found = logs.get(key)
-                if found is None:
-                    found = logs[key] = LogState()
-                    self._evicted.pop(key, None)
-                log = found
+                log = self._log(key)
                 marked = None
                 touched_logs.add(key)
             t = ev["time_created"]
             r = ev["event_record_id"]
             if r is None:
-                fingerprint = content_fingerprint(ev)
-                if log.seen_unnumbered(t, fingerprint):
-                    duplicates.append(ev)
-                else:
-                    log.add_unnumbered(t, fingerprint)
-                    kept.append(ev)
+                (kept if log.admit_unnumbered(ev, t) else duplicates).append(ev)
                 continue
             clears_log = ev["event_id"] == 1102 and channel == "Security"
             epochs = log.epochs
@@ -323,24 +482,32 @@ class Deduper:
                         marked = (epoch.start, bucket)
                         log.touched.add(marked)
                     epoch.times.append(t)
+                    if t > epoch.latest:
+                        epoch.latest = t
                     if t > log.newest:
                         log.newest = t
                     kept.append(ev)
                     continue
-            if log.is_duplicate(r, t):
-                duplicates.append(ev)
-                continue
-            log.place(r, t, clears_log)
             marked = None
-            kept.append(ev)
+            (kept if log.admit(r, t, clears_log) else duplicates).append(ev)
+        self._after_batch(touched_logs, now)
+        return kept, duplicates
+
+    def _log(self, key: tuple[str, str]) -> LogState:
+        log = self.logs.get(key)
+        if log is None:
+            log = self.logs[key] = LogState()
+            self._evicted.pop(key, None)
+        return log
+
+    def _after_batch(self, touched_logs: set[tuple[str, str]], now: float) -> None:
         for key in touched_logs:
-            log = logs[key]
+            log = self.logs[key]
             log.last_seen = now
             if log.newest - log.pruned_at >= self._prune_every:
                 log.expire(self.window_ticks)
         if now - self._last_sweep >= self.idle_seconds / 16:
             self._evict_idle(now)
-        return kept, duplicates
 
     def _evict_idle(self, now: float) -> None:
         self._last_sweep = now
@@ -409,6 +576,65 @@ class Deduper:
 
     def event_count(self) -> int:
         return sum(len(e.times) for log in self.logs.values() for e in log.epochs)
+
+
+def _admit_log(log: LogState, security: bool, batch: list[Any], positions: list[int] | None, rs: list[Any],
+               ts: list[int], newest: int | None, event_ids: list[Any],
+               verdicts: list[bool] | None) -> list[bool] | None:
+    """One log's events of a batch, in order (``positions`` in the batch, None for all; ``rs``/``ts`` their ids and
+    times; ``newest`` the greatest time if known). Returns ``verdicts``, made when the first event is judged
+    alone."""
+
+    def judge(k: int) -> None:
+        nonlocal verdicts
+        i = k if positions is None else positions[k]
+        r = rs[k]
+        kept = (log.admit_unnumbered(batch[i], ts[k]) if r is None
+                else log.admit(r, ts[k], security and event_ids[i] == 1102))
+        if verdicts is None:
+            verdicts = [True] * len(batch)
+        verdicts[i] = kept
+
+    n = len(rs)
+    try:
+        if rs[0] is None:
+            raise TypeError
+        gaps = list(map(sub, rs[1:], rs))
+        ascending = None if not gaps or min(gaps) > 0 else list(map(gt, gaps, repeat(0)))
+    except TypeError:  # events without a record id (exports): one by one
+        for k in range(n):
+            judge(k)
+        return verdicts
+    clears: list[int] = []
+    if security and 1102 in event_ids:
+        ids_here = event_ids if positions is None else list(map(event_ids.__getitem__, positions))
+        clears = list(compress(range(n), map(eq, ids_here, repeat(1102))))
+    c = 0
+    while c < n:
+        end, block = log.block_end(rs, ts, ascending, clears, c)
+        if block:
+            log.append_block(rs[c:end], ts[c:end], gaps[c : end - 1], newest if c == 0 and end == n else None)
+            c = end
+            continue
+        for k in range(c, max(end, c + 1)):
+            judge(k)
+        c = max(end, c + 1)
+    return verdicts
+
+
+def _positions(keys: list[Any], groups: list[Any]) -> Iterator[list[int] | None]:
+    """Per group (distinct key, in order), the positions of its events in ``keys``; None when there is one group."""
+    if len(groups) == 1:
+        yield None
+        return
+    if len(groups) <= 8:
+        for group in groups:
+            yield list(compress(range(len(keys)), map(eq, keys, repeat(group))))
+        return
+    by_group: dict[Any, list[int]] = {group: [] for group in groups}
+    for i, key in enumerate(keys):
+        by_group[key].append(i)
+    yield from by_group.values()
 
 
 def _first_id(value: bytes) -> int:

@@ -9,9 +9,12 @@ case-insensitively, as Windows names do.
 An event is kept when the rule's event set takes it (its channel is Security or one of the two AppLocker channels,
 and its EventID is in the set; ``All`` takes every event of those channels, ``None`` nothing) or any of the rule's
 queries selects it. Everything is compiled once at start; invalid queries raise :class:`RuleError` naming the rule.
-A batch is filtered in one loop: the channel's matcher is looked up when the channel changes from the previous
-event, and for event sets and EventID-only queries the per-event work is then a set membership test on the EventID,
-inline, with no call; other queries run their compiled predicate.
+A batch of one channel (the usual case: a host's batch is mostly one log) whose rule is an event set or
+EventID-only queries is filtered with C-level passes only: its channels are read and compared in one pass, the
+channel is looked up once, and each event costs a set membership test of its EventID (``filter``); a channel the
+rule takes all or nothing of costs no per-event test. Other batches take the per-event loop (``filter_each``, the
+reference): the channel's matcher is looked up when the channel changes from the previous event, then an EventID
+set test inline or the compiled predicate.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import fnmatch
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import contains, itemgetter
 from typing import Any, Protocol
 
 from schemas.event_sets import ALL_CHANNELS, EVENT_SETS
@@ -28,6 +33,9 @@ from streams.xpath import Predicate, Query, Selector, XPathError, compile_querie
 RawEvent = Mapping[str, Any]
 
 RULE_CACHE_SIZE = 100_000  # computers remembered by rule_for (the cache is cleared when it is full)
+
+_channel_of = itemgetter("channel")
+_event_id_of = itemgetter("event_id")
 
 
 class RuleError(ValueError):
@@ -92,27 +100,51 @@ def _guarded_keep(event: RawEvent, selects: Sequence[Predicate | None],
     return any(_matches(p, event) for p in selects) and not any(_matches(p, event) for p in suppresses)
 
 
+class _Verdict:
+    """What a channel's rule decides for every event of it, whatever the EventID."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_TAKE_ALL = _Verdict("take all")
+_TAKE_NOTHING = _Verdict("take nothing")
+_NO_EVENT_IDS: frozenset[int] = frozenset()
+# What a channel's rule needs to judge a batch of that channel: the EventID set to test, a verdict for every event,
+# or None when it has queries beyond EventID sets (the per-event loop then runs).
+_ChannelTest = frozenset[int] | _Verdict | None
+
+
 class CompiledRule:
     """One machine group's filter. ``keep`` for one event, ``filter`` for a batch."""
 
     def __init__(self, name: str, matchers: dict[str, Callable[[RawEvent], bool]],
-                 event_id_sets: dict[str, frozenset[int]] | None = None) -> None:
+                 event_id_sets: dict[str, frozenset[int]] | None = None,
+                 take_all: Iterable[str] = ()) -> None:
         self.name = name
         self._by_channel = dict(matchers)  # keys are case-folded channel names
         self._id_sets = dict(event_id_sets or {})  # channels whose matcher only tests the EventID against a set
+        self._take_all = frozenset(take_all)  # channels whose matcher keeps every event
         self.keeps_nothing = not matchers
-        # Exact spellings seen in events -> (matcher, EventID set or None), so the usual case needs no casefold().
-        self._exact: dict[str, tuple[Callable[[RawEvent], bool] | None, frozenset[int] | None]] = {}
+        # Exact spellings seen in events -> (matcher, EventID set or None, batch test), so the usual case needs no
+        # casefold().
+        self._exact: dict[str, tuple[Callable[[RawEvent], bool] | None, frozenset[int] | None, _ChannelTest]] = {}
 
     def __repr__(self) -> str:
         return f"CompiledRule({self.name!r}, channels={sorted(self._by_channel)})"
 
-    def _entry(self, channel: str) -> tuple[Callable[[RawEvent], bool] | None, frozenset[int] | None]:
+    def _entry(self, channel: str) -> tuple[Callable[[RawEvent], bool] | None, frozenset[int] | None, _ChannelTest]:
         try:
             return self._exact[channel]
         except KeyError:
             folded = channel.casefold()
-            entry = (self._by_channel.get(folded), self._id_sets.get(folded))
+            matcher, ids = self._by_channel.get(folded), self._id_sets.get(folded)
+            test: _ChannelTest = (ids if ids is not None else _TAKE_ALL if folded in self._take_all
+                                  else _TAKE_NOTHING if matcher is None else None)
+            entry = (matcher, ids, test)
             if len(self._exact) < 1_000:
                 self._exact[channel] = entry
             return entry
@@ -125,6 +157,47 @@ class CompiledRule:
         return matcher is not None and matcher(raw_event)
 
     def filter(self, events: Iterable[RawEvent]) -> list[Any]:
+        """The events this rule keeps, in order; the same list as ``filter_each``."""
+        if self.keeps_nothing:
+            return []
+        batch = events if isinstance(events, list) else list(events)
+        if not batch:
+            return []
+        try:
+            first = batch[0]["channel"]
+            # Mixed channels take the per-event loop, which costs about what per-event C passes with a channel
+            # lookup each would; a batch of one channel needs no lookup per event.
+            if batch[-1]["channel"] != first:
+                return self.filter_each(batch)
+            channels = list(map(_channel_of, batch))
+            if channels.count(first) != len(channels):
+                return self._filter_mixed(batch, channels)
+            test = self._entry(first or "")[2]
+            if isinstance(test, frozenset):
+                return list(compress(batch, map(test.__contains__, map(_event_id_of, batch))))
+        except (KeyError, TypeError):
+            # A key missing or a value unhashable: the per-event loop raises (or not) exactly where it always did.
+            return self.filter_each(batch)
+        if test is _TAKE_ALL:
+            return list(batch)
+        if test is _TAKE_NOTHING:
+            return []
+        return self.filter_each(batch)
+
+    def _filter_mixed(self, batch: list[RawEvent], channels: list[Any]) -> list[Any]:
+        # Channels read already: one EventID set per event, tested at C level, when no channel needs more.
+        tests = {}
+        for name in dict.fromkeys(channels):
+            test = self._entry(name or "")[2]
+            if test is _TAKE_NOTHING:
+                test = _NO_EVENT_IDS
+            if not isinstance(test, frozenset):
+                return self.filter_each(batch)
+            tests[name] = test
+        return list(compress(batch, map(contains, map(tests.__getitem__, channels), map(_event_id_of, batch))))
+
+    def filter_each(self, events: Iterable[RawEvent]) -> list[Any]:
+        """The events this rule keeps, in order, judged one by one (the reference for ``filter``)."""
         if self.keeps_nothing:
             return []
         out: list[Any] = []
@@ -137,7 +210,7 @@ class CompiledRule:
             name = event.get("channel") or ""
             if name != channel:  # batches are mostly runs of one channel
                 channel = name
-                matcher, ids = entry_for(name)
+                matcher, ids, _ = entry_for(name)
             if ids is not None:
                 if event["event_id"] in ids:  # event sets and EventID-only queries: a set test, no call
                     append(event)
@@ -196,7 +269,8 @@ def compile_rule(rule: RuleLike, clock: Callable[[], float] = time.time) -> Comp
         for query in queries:
             _add_query(matchers, query)
     id_sets = {channel: ids for channel, m in matchers.items() if (ids := m.event_ids_only()) is not None}
-    return CompiledRule(rule.name, {channel: m.compile() for channel, m in matchers.items()}, id_sets)
+    take_all = [channel for channel, m in matchers.items() if m.take_all]
+    return CompiledRule(rule.name, {channel: m.compile() for channel, m in matchers.items()}, id_sets, take_all)
 
 
 def _is_default(patterns: Sequence[str]) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from lxml import etree
 
 from schemas.catalog import DATA_DIR, activity
-from schemas.native import switched_on
+from schemas.native import optional_extension, switched_on
 from streams.identity import EVENT_IDENTITY_NAMESPACE, content_fingerprint, event_origin_id
 
 Flavour = Literal["ama", "mma"]
@@ -819,13 +819,7 @@ def _normalize_into(rows: list[dict[str, Any]], rejected: list[tuple[Mapping[str
 # same plans and layouts, as tuples; for anything else it answers None and the Python code above runs.
 
 NATIVE_ENV = "SECSTREAM_NATIVE_NORMALIZE"  # "0": the Python code even when the extension is built
-try:
-    from streams import _normalize as _native  # type: ignore[attr-defined]
-except ImportError as exc:  # no compiler at install time: the Python code does everything
-    _native = None
-    NATIVE_IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
-else:
-    NATIVE_IMPORT_ERROR = None
+_native, NATIVE_IMPORT_ERROR = optional_extension("streams._normalize")
 
 _ACCOUNT_MODES = {"auto": 0, "target": 1, "none": 2}
 # Per flavour: EventID -> (activity, parse, keep_event_data, account mode, account_type), and names -> layout.

@@ -139,6 +139,10 @@ class BatchProcessor:
         # each event is judged by the rule of its own Computer.
         if all(map(eq, map(dict.get, events, repeat("computer")), repeat(host))):  # C-level loop: per event
             return self.rules.filter_batch(host, events)
+        rules = {self.rules.rule_for(computer or "") for computer in dict.fromkeys(map(dict.get, events,
+                                                                                      repeat("computer")))}
+        if len(rules) == 1:  # several computers, one rule (e.g. only the default group): one filter pass
+            return rules.pop().filter(events)
         by_computer: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for ev in events:
             by_computer[ev.get("computer") or ""].append(ev)

@@ -11,20 +11,15 @@ the store uses ``python_insert``, which stores the same values.
 from __future__ import annotations
 
 import importlib
-import os
 import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-try:
-    from workspace import _bulkinsert  # type: ignore[attr-defined]
-except ImportError as exc:  # built optionally: a missing compiler leaves the pure-Python path
-    _bulkinsert = None
-    IMPORT_ERROR: str | None = f"{type(exc).__name__}: {exc}"
-else:
-    IMPORT_ERROR = None
+from schemas.native import optional_extension, switched_on
+
+_bulkinsert, IMPORT_ERROR = optional_extension("workspace._bulkinsert")
 
 DISABLE_ENV = "SECSTREAM_NATIVE_BULKINSERT"  # "0": use the pure-Python path even when the extension is built
 _ERRORS = {name: getattr(sqlite3, name) for name in
@@ -58,7 +53,7 @@ class NativeInsert:
 
 def native_insert(db: sqlite3.Connection, path: Path) -> NativeInsert | None:
     """The native path on ``db`` (the connection to ``path``), or None when it is off or cannot be trusted."""
-    if _bulkinsert is None or os.environ.get(DISABLE_ENV, "") == "0":
+    if _bulkinsert is None or not switched_on(DISABLE_ENV):
         return None
     if not (3, 11) <= sys.version_info[:2] <= (3, 13) or sys.implementation.name != "cpython":
         return None
