@@ -246,8 +246,9 @@ def summary(session: dict[str, Any]) -> str:
                         + (" after the load stopped" if target["drain_after_stop_s"] is not None
                            else " before the step was cut off") + ")"
                         if target and not target["sustained"] else "") + "." if target else "")
-        + " At low loads the stream worker's CPU is mostly idle polling (the embedded broker does not long-poll, so"
-        " an idle Faust consumer spins); the capacity runs below are the CPU-bound figures. On 2 cores every"
+        + " At low loads the sink's CPU is mostly idle polling (the embedded broker answers an empty fetch at once"
+        " and librdkafka fetches again; the stream worker waits out `stream.empty_fetch_wait_ms`); the capacity"
+        " runs below are the CPU-bound figures. On 2 cores every"
         " process (generator, broker, emulator, workers) shares the same CPUs, so 2 workers of each stage do not"
         " add throughput here; they show that work spreads over the partitions (4 per topic).",
         "",
