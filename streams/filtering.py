@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import contains, itemgetter
+from operator import itemgetter
 from typing import Any, Protocol
 
 from schemas.event_sets import ALL_CHANNELS, EVENT_SETS
@@ -112,7 +112,6 @@ class _Verdict:
 
 _TAKE_ALL = _Verdict("take all")
 _TAKE_NOTHING = _Verdict("take nothing")
-_NO_EVENT_IDS: frozenset[int] = frozenset()
 # What a channel's rule needs to judge a batch of that channel: the EventID set to test, a verdict for every event,
 # or None when it has queries beyond EventID sets (the per-event loop then runs).
 _ChannelTest = frozenset[int] | _Verdict | None
@@ -165,13 +164,10 @@ class CompiledRule:
             return []
         try:
             first = batch[0]["channel"]
-            # Mixed channels take the per-event loop, which costs about what per-event C passes with a channel
-            # lookup each would; a batch of one channel needs no lookup per event.
-            if batch[-1]["channel"] != first:
+            # Mixed channels take the per-event loop: per-event C passes with a channel lookup each cost about the
+            # same. A batch of one channel needs no lookup per event.
+            if batch[-1]["channel"] != first or list(map(_channel_of, batch)).count(first) != len(batch):
                 return self.filter_each(batch)
-            channels = list(map(_channel_of, batch))
-            if channels.count(first) != len(channels):
-                return self._filter_mixed(batch, channels)
             test = self._entry(first or "")[2]
             if isinstance(test, frozenset):
                 return list(compress(batch, map(test.__contains__, map(_event_id_of, batch))))
@@ -183,18 +179,6 @@ class CompiledRule:
         if test is _TAKE_NOTHING:
             return []
         return self.filter_each(batch)
-
-    def _filter_mixed(self, batch: list[RawEvent], channels: list[Any]) -> list[Any]:
-        # Channels read already: one EventID set per event, tested at C level, when no channel needs more.
-        tests = {}
-        for name in dict.fromkeys(channels):
-            test = self._entry(name or "")[2]
-            if test is _TAKE_NOTHING:
-                test = _NO_EVENT_IDS
-            if not isinstance(test, frozenset):
-                return self.filter_each(batch)
-            tests[name] = test
-        return list(compress(batch, map(contains, map(tests.__getitem__, channels), map(_event_id_of, batch))))
 
     def filter_each(self, events: Iterable[RawEvent]) -> list[Any]:
         """The events this rule keeps, in order, judged one by one (the reference for ``filter``)."""

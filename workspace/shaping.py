@@ -232,11 +232,6 @@ class RowBlock:
     count: int = 0
     values: list[Any] = field(default_factory=list)
 
-    def rows(self, width: int) -> list[tuple[Any, ...]]:
-        if not width:
-            return [()] * self.count
-        return [tuple(self.values[i:i + width]) for i in range(0, len(self.values), width)]
-
 
 @dataclass
 class ShapedBatch:
@@ -261,11 +256,6 @@ class ShapedBatch:
                 raise ValueError(f"a row of {len(row)} values for {len(columns)} columns")
             block.values.extend(row)
             block.count += 1
-
-    def stored_rows(self) -> list[dict[str, Any]]:
-        """Every stored row as a dict, constants included, group by group."""
-        return [dict(zip(columns, row, strict=True)) | self.constants
-                for columns, block in self.groups.items() for row in block.rows(len(columns))]
 
 
 class FlowShaper:

@@ -36,7 +36,13 @@ def shaper(max_field_bytes: int = 65_536) -> FlowShaper:
 
 
 def stored(batch: ShapedBatch) -> list[dict[str, Any]]:
-    return batch.stored_rows()
+    """Every stored row as a dict, the request's constant columns included, column set by column set."""
+    rows = []
+    for columns, block in batch.groups.items():
+        width = len(columns)
+        for i in range(block.count):
+            rows.append(dict(zip(columns, block.values[i * width:(i + 1) * width], strict=True)) | batch.constants)
+    return rows
 
 
 def shape(records: list[Any], **kw: Any) -> tuple[ShapedBatch, list[dict[str, Any]]]:
