@@ -46,8 +46,10 @@ from secstream.telemetry import batch_span, inject_trace_headers
 from streams.dedup import Deduper, iter_partition_records
 from streams.fetch_wait import install_empty_fetch_wait
 from streams.filtering import RuleLike, RuleSet
+from streams.group_membership import install_keep_member_id
 from streams.lag import INTERVAL_SECONDS, FaustLagReporter
 from streams.processing import BatchProcessor, Outcome
+from streams.start_positions import install_uncommitted_start
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ TABLE_NAME = "dedup"
 _PARTITION_SEP = "\x1e"
 # After its agent failed, the worker exits (code 1) within this many seconds even if Faust's shutdown hangs.
 FAILED_EXIT_SECONDS = 10.0
+# Where a raw partition that was never committed starts: its oldest record, so nothing already sent is skipped.
+AUTO_OFFSET_RESET = "earliest"
 
 
 
@@ -248,6 +252,8 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> tuple[faust.A
     s = settings.stream
     rules = rules if rules is not None else RuleSet.compile(cast(Sequence[RuleLike], settings.rules))
     install_empty_fetch_wait(s.empty_fetch_wait_ms)
+    install_keep_member_id()
+    install_uncommitted_start([settings.topics.raw], AUTO_OFFSET_RESET)
     partitions = settings.topics.raw_partitions
     app = faust.App(
         s.app_id,
@@ -263,7 +269,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> tuple[faust.A
         broker_heartbeat_interval=min(3.0, s.session_timeout_seconds / 3),
         broker_commit_interval=s.commit_interval_seconds,
         broker_client_id=settings.kafka.client_id,
-        consumer_auto_offset_reset="earliest",
+        consumer_auto_offset_reset=AUTO_OFFSET_RESET,
         producer_max_batch_size=s.producer_max_batch_bytes,
         producer_linger=s.producer_linger_ms / 1000.0,
         producer_compression_type=None if s.producer_compression == "none" else s.producer_compression,

@@ -22,55 +22,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-log = logging.getLogger(__name__)
+from streams.library_hooks import MethodHook
 
-METHOD = "_proc_fetch_request"
-EXPECTED_PARAMETERS = ("self", "assignment", "node_id", "request")
+log = logging.getLogger(__name__)
 
 FetchMethod = Callable[[Any, Any, Any, Any], Awaitable[Any]]
 
 _wait_seconds = 0.0
-_original: FetchMethod | None = None  # aiokafka's method while the wrapper is installed
-_warned: set[str] = set()  # each problem is logged once per process
-
-
-def installed_wait_seconds() -> float:
-    """The wait now in force; 0.0 when the wrapper is not installed."""
-    return _wait_seconds if _original is not None else 0.0
-
-
-def install_empty_fetch_wait(wait_ms: float) -> bool:
-    """Make aiokafka's fetcher wait up to ``wait_ms`` after an empty fetch (process-wide; idempotent).
-
-    ``wait_ms`` <= 0 removes the wrapper if it was installed. Returns whether the wait is in force.
-    """
-    global _wait_seconds, _original
-    if wait_ms <= 0:
-        uninstall_empty_fetch_wait()
-        return False
-    if _original is None:
-        fetcher = _fetcher_class()
-        method = _checked_method(fetcher)
-        if method is None:
-            return False
-        _original = method
-        setattr(fetcher, METHOD, _waiting(method))
-    _wait_seconds = wait_ms / 1000.0
-    log.debug("aiokafka fetcher: waiting up to %g ms after an empty fetch", wait_ms)
-    return True
-
-
-def uninstall_empty_fetch_wait() -> None:
-    """Put aiokafka's own method back (no-op when the wrapper is not installed)."""
-    global _original
-    if _original is not None:
-        setattr(_fetcher_class(), METHOD, _original)
-        _original = None
 
 
 def _fetcher_class() -> type:
@@ -79,36 +41,30 @@ def _fetcher_class() -> type:
     return Fetcher
 
 
-def _checked_method(fetcher: type) -> FetchMethod | None:
-    """aiokafka's fetch method if it has the form the wrapper relies on, else None (with a warning)."""
-    method = inspect.getattr_static(fetcher, METHOD, None)
-    method = getattr(method, "__wrapped__", method) if getattr(method, "empty_fetch_wait", False) else method
-    problem = ""
-    if method is None:
-        problem = f"has no {METHOD}"
-    elif not inspect.iscoroutinefunction(method):
-        problem = f"{METHOD} is not a coroutine function"
-    else:
-        parameters = tuple(inspect.signature(method).parameters)
-        if parameters != EXPECTED_PARAMETERS:
-            problem = f"{METHOD} takes {parameters}, not {EXPECTED_PARAMETERS}"
-    if problem:
-        if problem not in _warned:
-            _warned.add(problem)
-            log.warning("stream.empty_fetch_wait_ms is not applied: this aiokafka (%s) %s; an idle consumer may "
-                        "keep a CPU busy against a broker that answers empty fetches at once",
-                        _aiokafka_version(), problem)
-        return None
-    return method
+def installed_wait_seconds() -> float:
+    """The wait now in force; 0.0 when the wrapper is not installed."""
+    return _wait_seconds if HOOK.installed else 0.0
 
 
-def _aiokafka_version() -> str:
-    try:
-        import aiokafka
+def install_empty_fetch_wait(wait_ms: float) -> bool:
+    """Make aiokafka's fetcher wait up to ``wait_ms`` after an empty fetch (process-wide; idempotent).
 
-        return str(aiokafka.__version__)
-    except (ImportError, AttributeError):
-        return "unknown version"
+    ``wait_ms`` <= 0 removes the wrapper if it was installed. Returns whether the wait is in force.
+    """
+    global _wait_seconds
+    if wait_ms <= 0:
+        uninstall_empty_fetch_wait()
+        return False
+    if not HOOK.install():
+        return False
+    _wait_seconds = wait_ms / 1000.0
+    log.debug("aiokafka fetcher: waiting up to %g ms after an empty fetch", wait_ms)
+    return True
+
+
+def uninstall_empty_fetch_wait() -> None:
+    """Put aiokafka's own method back (no-op when the wrapper is not installed)."""
+    HOOK.uninstall()
 
 
 def _waiting(fetch: FetchMethod) -> FetchMethod:
@@ -127,5 +83,10 @@ def _waiting(fetch: FetchMethod) -> FetchMethod:
             await asyncio.sleep(rest)
         return records_added
 
-    fetch_then_wait_if_empty.empty_fetch_wait = True  # type: ignore[attr-defined]
     return fetch_then_wait_if_empty
+
+
+HOOK = MethodHook(
+    _fetcher_class, "_proc_fetch_request", ("self", "assignment", "node_id", "request"), coroutine=True,
+    wrap=_waiting, package="aiokafka", feature="stream.empty_fetch_wait_ms", logger=log,
+    without_it="an idle consumer may keep a CPU busy against a broker that answers empty fetches at once")

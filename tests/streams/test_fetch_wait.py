@@ -260,7 +260,7 @@ def test_an_aiokafka_without_the_expected_method_gets_a_warning_and_no_patch(
         monkeypatch.delattr(Fetcher, "_proc_fetch_request")
     else:
         monkeypatch.setattr(Fetcher, "_proc_fetch_request", replacement)
-    monkeypatch.setattr(fetch_wait, "_warned", set())
+    monkeypatch.setattr(fetch_wait.HOOK, "warned", set())
     with caplog.at_level(logging.WARNING, logger="streams.fetch_wait"):
         assert not install_empty_fetch_wait(100)
         assert not install_empty_fetch_wait(100)  # warned once, not per worker start

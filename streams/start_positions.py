@@ -1,0 +1,96 @@
+"""When Faust seeks its stream partitions back to their committed offsets, let nothing slip past the seek.
+
+After every rebalance Faust restores the tables with the consumer's flow resumed and its streams' flow control
+suspended, so the records of stream partitions fetched meanwhile reach the streams and are dropped. It then seeks
+the stream partitions to their committed offsets ("Seek stream partitions to committed offsets") and resumes the
+flow control and then the consumer's flow. Two gaps lost records for good:
+
+* aiokafka's ``seek_to_committed`` only seeks a partition whose committed offset is above 0, so a partition never
+  committed (a new topic, or a first message that failed) stayed where the dropped records left it. Seen as a worker
+  that became ready and never processed the message waiting at offset 0.
+* the consumer's flow is still on during the seek: a record fetched from the new position and handed out before
+  the flow control resumes is dropped as well, after the seek that was meant to bring it back.
+
+The replacement of Faust's ``AIOKafkaConsumerThread.seek_to_committed`` stops the consumer's flow first (Faust
+resumes it right after resuming the flow control, on both of its paths to this seek), calls aiokafka's own
+``seek_to_committed``, and then, for partitions of the stream's own topics, seeks a committed offset of 0
+explicitly and resets a partition with no committed offset by the consumer's ``auto_offset_reset`` policy: where
+aiokafka started it when it was assigned. Nothing of that partition has been processed by this worker at that point.
+
+The method is Faust's (faust-streaming 0.15); it is replaced only if it has the expected form, otherwise a warning
+is logged and Faust's behaviour stays.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+from streams.library_hooks import MethodHook
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("earliest", "latest")
+
+_topics: frozenset[str] = frozenset()
+_policy = "earliest"
+
+
+def installed_topics() -> frozenset[str]:
+    return _topics if HOOK.installed else frozenset()
+
+
+def install_uncommitted_start(topics: Collection[str], policy: str = "earliest") -> bool:
+    """Start never-committed partitions of ``topics`` per ``policy`` whenever Faust seeks to committed offsets."""
+    global _topics, _policy
+    if policy not in POLICIES:
+        raise ValueError(f"auto_offset_reset must be one of {POLICIES}, not {policy!r}")
+    if not HOOK.install():
+        return False
+    _topics, _policy = frozenset(topics), policy
+    return True
+
+
+def uninstall_uncommitted_start() -> None:
+    HOOK.uninstall()
+
+
+async def seek_to_committed_or_policy(consumer: Any, topics: Collection[str], policy: str) -> Mapping[Any, Any]:
+    """aiokafka's ``seek_to_committed``, then the partitions of ``topics`` it leaves alone: 0, or none committed."""
+    committed: Mapping[Any, Any] = await consumer.seek_to_committed()
+    at_zero = [tp for tp, offset in committed.items() if tp.topic in topics and offset == 0]
+    uncommitted = [tp for tp, offset in committed.items()
+                   if tp.topic in topics and (offset is None or offset < 0)]
+    for tp in at_zero:
+        consumer.seek(tp, 0)
+    if uncommitted:
+        log.debug("no committed offset for %s: starting from the %s offset", sorted(uncommitted), policy)
+        reset = consumer.seek_to_beginning if policy == "earliest" else consumer.seek_to_end
+        await reset(*uncommitted)
+    return committed
+
+
+def _consumer_thread_class() -> type:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    return AIOKafkaConsumerThread
+
+
+def _seeking_uncommitted_too(original: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    @functools.wraps(original)
+    async def seek_to_committed(self: Any) -> Mapping[Any, Any]:
+        # Faust seeks while its consumer still hands out records (it resumed the flow to restore the tables), and
+        # its streams drop what they get before the flow control resumes: hold the flow until Faust resumes it.
+        self.consumer.stop_flow()
+        consumer = self._ensure_consumer()
+        return await self.call_thread(seek_to_committed_or_policy, consumer, _topics, _policy)
+
+    return seek_to_committed
+
+
+HOOK = MethodHook(
+    _consumer_thread_class, "seek_to_committed", ("self",), coroutine=True, wrap=_seeking_uncommitted_too,
+    own=True, package="faust-streaming", feature="the seek to committed offsets after a rebalance", logger=log,
+    without_it="records fetched while a table is restored or during the seek may be skipped for good")
