@@ -7,7 +7,7 @@ drops it, so the new member joins as a follower of a leader that is gone and the
 back. That happens whenever a commit races a peer's LeaveGroup (noida-db moves the generation on at once).
 
 ILLEGAL_GENERATION means the member is known but its generation is old, so the Java client keeps the member id
-(KAFKA-13419, Kafka 3.1) and so does kafka-python. This module makes aiokafka do the same: ``GroupCoordinator
+(KAFKA-13419) and so does kafka-python. This module makes aiokafka do the same: ``GroupCoordinator
 ._send_req`` notes whether the response it returns carries ILLEGAL_GENERATION, and ``reset_generation``, which the
 response handlers call right after (with no await in between), keeps the member id in that case. UNKNOWN_MEMBER_ID
 and every other reason still reset it. If a kept id turns out to be unknown, JoinGroup answers UNKNOWN_MEMBER_ID
