@@ -1,21 +1,16 @@
-"""When Faust seeks its stream partitions back to their committed offsets, let nothing slip past the seek.
+"""When Faust seeks its stream partitions back to their committed offsets, also rewind those never committed.
 
 After every rebalance Faust restores the tables with the consumer's flow resumed and its streams' flow control
 suspended, so the records of stream partitions fetched meanwhile reach the streams and are dropped. It then seeks
-the stream partitions to their committed offsets ("Seek stream partitions to committed offsets") and resumes the
-flow control and then the consumer's flow. Two gaps lost records for good:
+the stream partitions to their committed offsets ("Seek stream partitions to committed offsets"). aiokafka's
+``seek_to_committed`` only seeks a partition whose committed offset is above 0, so a partition never committed (a
+new topic, or a first message that failed) stayed where the dropped records left it: those records were skipped for
+good. Seen as a worker that became ready and never processed the message waiting at offset 0.
 
-* aiokafka's ``seek_to_committed`` only seeks a partition whose committed offset is above 0, so a partition never
-  committed (a new topic, or a first message that failed) stayed where the dropped records left it. Seen as a worker
-  that became ready and never processed the message waiting at offset 0.
-* the consumer's flow is still on during the seek: a record fetched from the new position and handed out before
-  the flow control resumes is dropped as well, after the seek that was meant to bring it back.
-
-The replacement of Faust's ``AIOKafkaConsumerThread.seek_to_committed`` stops the consumer's flow first (Faust
-resumes it right after resuming the flow control, on both of its paths to this seek), calls aiokafka's own
-``seek_to_committed``, and then, for partitions of the stream's own topics, seeks a committed offset of 0
-explicitly and resets a partition with no committed offset by the consumer's ``auto_offset_reset`` policy: where
-aiokafka started it when it was assigned. Nothing of that partition has been processed by this worker at that point.
+The replacement of Faust's ``AIOKafkaConsumerThread.seek_to_committed`` calls aiokafka's own ``seek_to_committed``
+and then, for partitions of the stream's own topics, seeks a committed offset of 0 explicitly and resets a
+partition with no committed offset by the consumer's ``auto_offset_reset`` policy: where aiokafka started it when
+it was assigned. Nothing of that partition has been processed by this worker at that point.
 
 The method is Faust's (faust-streaming 0.15); it is replaced only if it has the expected form, otherwise a warning
 is logged and Faust's behaviour stays.
@@ -81,9 +76,6 @@ def _consumer_thread_class() -> type:
 def _seeking_uncommitted_too(original: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
     @functools.wraps(original)
     async def seek_to_committed(self: Any) -> Mapping[Any, Any]:
-        # Faust seeks while its consumer still hands out records (it resumed the flow to restore the tables), and
-        # its streams drop what they get before the flow control resumes: hold the flow until Faust resumes it.
-        self.consumer.stop_flow()
         consumer = self._ensure_consumer()
         return await self.call_thread(seek_to_committed_or_policy, consumer, _topics, _policy)
 
@@ -93,4 +85,4 @@ def _seeking_uncommitted_too(original: Callable[[Any], Awaitable[Any]]) -> Calla
 HOOK = MethodHook(
     _consumer_thread_class, "seek_to_committed", ("self",), coroutine=True, wrap=_seeking_uncommitted_too,
     own=True, package="faust-streaming", feature="the seek to committed offsets after a rebalance", logger=log,
-    without_it="records fetched while a table is restored or during the seek may be skipped for good")
+    without_it="records fetched while a table is restored may be skipped for good")
