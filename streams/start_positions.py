@@ -10,7 +10,10 @@ good. Seen as a worker that became ready and never processed the message waiting
 The replacement of Faust's ``AIOKafkaConsumerThread.seek_to_committed`` calls aiokafka's own ``seek_to_committed``
 and then, for partitions of the stream's own topics, seeks a committed offset of 0 explicitly and resets a
 partition with no committed offset by the consumer's ``auto_offset_reset`` policy: where aiokafka started it when
-it was assigned. Nothing of that partition has been processed by this worker at that point.
+it was assigned. Nothing of that partition has been processed by this worker at that point. For that second seek
+it holds the consumer's flow (Faust resumes it right after its streams): the consumer would otherwise hand out the
+records at the rewound position before the streams resume, and they would be dropped again. Holding it for every
+seek coincided with table recoveries that stalled after a partition move, so the first seek is left as it is.
 
 The method is Faust's (faust-streaming 0.15); it is replaced only if it has the expected form, otherwise a warning
 is logged and Faust's behaviour stays.
@@ -55,16 +58,24 @@ def uninstall_uncommitted_start() -> None:
 async def seek_to_committed_or_policy(consumer: Any, topics: Collection[str], policy: str) -> Mapping[Any, Any]:
     """aiokafka's ``seek_to_committed``, then the partitions of ``topics`` it leaves alone: 0, or none committed."""
     committed: Mapping[Any, Any] = await consumer.seek_to_committed()
+    await start_left_behind(consumer, *left_behind(committed, topics), policy)
+    return committed
+
+
+def left_behind(committed: Mapping[Any, Any], topics: Collection[str]) -> tuple[list[Any], list[Any]]:
+    """Partitions of ``topics`` that aiokafka's seek does not move: committed at 0, and never committed."""
     at_zero = [tp for tp, offset in committed.items() if tp.topic in topics and offset == 0]
-    uncommitted = [tp for tp, offset in committed.items()
-                   if tp.topic in topics and (offset is None or offset < 0)]
+    uncommitted = [tp for tp, offset in committed.items() if tp.topic in topics and (offset is None or offset < 0)]
+    return at_zero, uncommitted
+
+
+async def start_left_behind(consumer: Any, at_zero: list[Any], uncommitted: list[Any], policy: str) -> None:
     for tp in at_zero:
         consumer.seek(tp, 0)
     if uncommitted:
         log.debug("no committed offset for %s: starting from the %s offset", sorted(uncommitted), policy)
         reset = consumer.seek_to_beginning if policy == "earliest" else consumer.seek_to_end
         await reset(*uncommitted)
-    return committed
 
 
 def _consumer_thread_class() -> type:
@@ -77,7 +88,14 @@ def _seeking_uncommitted_too(original: Callable[[Any], Awaitable[Any]]) -> Calla
     @functools.wraps(original)
     async def seek_to_committed(self: Any) -> Mapping[Any, Any]:
         consumer = self._ensure_consumer()
-        return await self.call_thread(seek_to_committed_or_policy, consumer, _topics, _policy)
+        committed: Mapping[Any, Any] = await self.call_thread(consumer.seek_to_committed)
+        at_zero, uncommitted = left_behind(committed, _topics)
+        if at_zero or uncommitted:
+            # The records these partitions are rewound to would be fetched and handed out before Faust resumes its
+            # streams, and dropped again: hold the consumer's flow, which Faust resumes right after the streams.
+            self.consumer.stop_flow()
+            await self.call_thread(start_left_behind, consumer, at_zero, uncommitted, _policy)
+        return committed
 
     return seek_to_committed
 
