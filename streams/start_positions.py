@@ -55,13 +55,6 @@ def uninstall_uncommitted_start() -> None:
     HOOK.uninstall()
 
 
-async def seek_to_committed_or_policy(consumer: Any, topics: Collection[str], policy: str) -> Mapping[Any, Any]:
-    """aiokafka's ``seek_to_committed``, then the partitions of ``topics`` it leaves alone: 0, or none committed."""
-    committed: Mapping[Any, Any] = await consumer.seek_to_committed()
-    await start_left_behind(consumer, *left_behind(committed, topics), policy)
-    return committed
-
-
 def left_behind(committed: Mapping[Any, Any], topics: Collection[str]) -> tuple[list[Any], list[Any]]:
     """Partitions of ``topics`` that aiokafka's seek does not move: committed at 0, and never committed."""
     at_zero = [tp for tp, offset in committed.items() if tp.topic in topics and offset == 0]

@@ -30,7 +30,8 @@ from streams.app import build_app
 from streams.start_positions import (
     install_uncommitted_start,
     installed_topics,
-    seek_to_committed_or_policy,
+    left_behind,
+    start_left_behind,
     uninstall_uncommitted_start,
 )
 
@@ -88,10 +89,10 @@ def test_partitions_never_committed_start_again_from_the_policy(settings: Settin
         consumer = await _read_everything(settings, [never, at_two, at_zero, elsewhere], {at_two: 2, at_zero: 0})
         try:
             # aiokafka alone leaves the never-committed partition (and the one committed at 0) where reading left it.
-            await consumer.seek_to_committed()
+            committed = await consumer.seek_to_committed()
             assert await consumer.position(never) == RECORDS
             assert await consumer.position(at_zero) == RECORDS
-            await seek_to_committed_or_policy(consumer, {stream}, "earliest")
+            await start_left_behind(consumer, *left_behind(committed, {stream}), "earliest")
             return {tp: await consumer.position(tp) for tp in (never, at_two, at_zero, elsewhere)}
         finally:
             await consumer.stop()
@@ -108,7 +109,8 @@ def test_the_latest_policy_starts_at_the_end(settings: Settings, topics: tuple[s
         consumer = await _read_everything(settings, [never], {})
         try:
             consumer.seek(never, 1)
-            await seek_to_committed_or_policy(consumer, {stream}, "latest")
+            committed = await consumer.seek_to_committed()
+            await start_left_behind(consumer, *left_behind(committed, {stream}), "latest")
             return int(await consumer.position(never))
         finally:
             await consumer.stop()
