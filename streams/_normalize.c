@@ -920,10 +920,15 @@ static PyObject *build_row(PyObject *event, PyObject *given_origin_id, const Cal
             goto fallback;
         for (Py_ssize_t i = 0; i < n_items; i++) {
             PyObject *field = PyList_GET_ITEM(items, i);
-            if (!PyDict_CheckExact(field))
-                goto fallback;
             PyObject *name, *value;
-            read_item(field, &name, &value);
+            if (PyTuple_CheckExact(field) && PyTuple_GET_SIZE(field) == 2) { /* (name, value) */
+                name = PyTuple_GET_ITEM(field, 0);
+                value = PyTuple_GET_ITEM(field, 1);
+            }
+            else if (PyDict_CheckExact(field))
+                read_item(field, &name, &value);
+            else
+                goto fallback;
             if (!name || !value || (value != Py_None && !PyUnicode_CheckExact(value)) ||
                 (name != Py_None && !PyUnicode_CheckExact(name)))
                 goto fallback;

@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from streams.event_data import as_dicts
+
 # uuid5(NAMESPACE_URL, "urn:secstream:event-identity:v1"). Fixed forever: changing it changes every EventOriginId.
 EVENT_IDENTITY_NAMESPACE = uuid.UUID("6227968b-7768-5b82-8eb6-449319c9f5be")
 _NAMESPACE_BYTES = EVENT_IDENTITY_NAMESPACE.bytes
@@ -43,7 +45,7 @@ def content_fingerprint(raw_event: Mapping[str, Any]) -> str:
         [
             raw_event.get("provider_name"),
             raw_event.get("event_id"),
-            raw_event.get("event_data") or [],
+            as_dicts(raw_event.get("event_data") or ()),  # either form of the items: the same digest
             raw_event.get("user_data_xml"),
         ]
     )

@@ -32,6 +32,7 @@ from lxml import etree
 
 from schemas.catalog import DATA_DIR, activity
 from schemas.native import optional_extension, switched_on
+from streams.event_data import DataItem, pairs
 from streams.identity import EVENT_IDENTITY_NAMESPACE, content_fingerprint, event_origin_id
 
 Flavour = Literal["ama", "mma"]
@@ -332,15 +333,13 @@ def _data_head(name: str | None) -> tuple[str, str]:
     return heads
 
 
-def event_data_xml(items: Iterable[Mapping[str, Any]]) -> str:
+def event_data_xml(items: Sequence[DataItem]) -> str:
     """The ``EventData`` column for an event's ``event_data`` list."""
     parts = [EVENT_DATA_OPEN]
     append = parts.append
     heads = _data_heads
-    for item in items:
-        name = item["name"]
+    for name, value in pairs(items):
         head_empty = heads.get(name) or _data_head(name)
-        value = item["value"]
         if not value:
             append(head_empty[1])
         elif "&" in value or "<" in value or ">" in value:
@@ -492,16 +491,14 @@ def _set_typed(row: dict[str, Any], name: str, value: str, kind: int) -> bool:
     return True
 
 
-def _copy_event_data(row: dict[str, Any], items: Iterable[Mapping[str, Any]]) -> bool:
+def _copy_event_data(row: dict[str, Any], items: Iterable[tuple[Any, Any]]) -> bool:
     """Copy EventData fields named like a column (first occurrence wins). False when a value could not be typed."""
     typed_ok = True
     kinds = _DATA_COLUMN_KIND
-    for item in items:
-        name = item["name"]
+    for name, value in items:
         kind = kinds.get(name)
         if kind is None:
             continue
-        value = item["value"]
         if not value or name in row:
             continue
         if kind == _PLAIN:
@@ -530,8 +527,8 @@ def _copy_leaves(row: dict[str, Any], leaves: Iterable[tuple[str, str]], allowed
 # names (which positions fill which column, and how; the <Data> tags) is worked out once per distinct list, so an
 # event's fields are copied by position with no per-field look-up.
 
-_NAME = itemgetter("name")
-_VALUE = itemgetter("value")
+_NAME = itemgetter(0)  # of a (name, value) pair
+_VALUE = itemgetter(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,7 +588,7 @@ def _copy_by_position(row: dict[str, Any], values: list[Any], layout: _Layout) -
     return typed_ok
 
 
-def _layout_xml(values: list[Any], layout: _Layout, items: Iterable[Mapping[str, Any]]) -> str:
+def _layout_xml(values: list[Any], layout: _Layout, items: Sequence[tuple[Any, Any]]) -> str:
     """``event_data_xml(items)`` from the layout's template: one %-format and one test for characters to escape."""
     present = tuple(filter(None, values))
     text = "".join(present)
@@ -706,7 +703,7 @@ def _row(raw_event: Mapping[str, Any], event_id: int, ticks: int, plan: _Plan, a
     elif level is not None:
         row["Level"] = _LEVEL_TEXT.get(level) or str(level)
 
-    items = raw_event["event_data"] or ()
+    items = pairs(raw_event["event_data"])
     user_data = raw_event["user_data_xml"]
     # UserData (AppLocker, 1102) is the only part that needs an XML parse; events with it are rare.
     user_xml, leaves = user_data_xml(user_data) if user_data and not items else (None, [])

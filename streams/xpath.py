@@ -24,6 +24,8 @@ from typing import Any
 
 from lxml import etree
 
+from streams.event_data import pairs
+
 Predicate = Callable[[Mapping[str, Any]], bool]
 
 MAX_EXPRESSIONS = 20  # per query, as data collection rules allow (Get-WinEvent allows 23)
@@ -430,7 +432,7 @@ class _Parser:
         if self.peek().kind != "op":
             if wanted is None:
                 return Node(lambda e: bool(e.get("event_data")), 1)
-            return Node(lambda e: any(item.get("name") == wanted for item in e.get("event_data") or ()), 1)
+            return Node(lambda e: any(name == wanted for name, _ in pairs(e.get("event_data"))), 1)
         op = self.take()
         if op.text not in ("=", "!="):
             raise self.error("Data values can only be compared with = or !=", op)
@@ -439,9 +441,8 @@ class _Parser:
         compare = _COMPARE[op.text]
 
         def data(event: Mapping[str, Any]) -> bool:
-            for item in event.get("event_data") or ():
-                if (wanted is None or item.get("name") == wanted) and item.get("value") is not None \
-                        and compare(item.get("value"), value):
+            for name, item_value in pairs(event.get("event_data")):
+                if (wanted is None or name == wanted) and item_value is not None and compare(item_value, value):
                     return True
             return False
 

@@ -100,7 +100,35 @@ def test_raw_batch_is_fastavro_byte_for_byte(engine_name: str, batch: dict[str, 
     assert payload[5:] == fastavro_bytes(codec.raw_schema.parsed, batch)
     decoded = codec.decode_raw_batch(payload)
     assert decoded == batch
-    assert decoded == schemaless_reader(io.BytesIO(payload[5:]), codec.raw_schema.parsed, None)
+    read = schemaless_reader(io.BytesIO(payload[5:]), codec.raw_schema.parsed, None)
+    assert decoded == read
+    as_pairs = codec.decode_raw_batch(payload, event_data_pairs=True)
+    assert as_pairs == _with_pairs(read)  # type: ignore[arg-type]
+    assert all(type(item) is tuple for event in as_pairs["events"] for item in event["event_data"])
+
+
+def _with_pairs(batch: dict[str, Any]) -> dict[str, Any]:
+    return {**batch, "events": [{**event, "event_data": [(item["name"], item["value"]) for item in event["event_data"]]}
+                                for event in batch["events"]]}
+
+
+def test_a_batch_of_an_older_writer_schema_gives_pairs_too() -> None:
+    payload, expected = stored("RawEventBatch.v1")
+    for engine_name in ENGINES:
+        assert make_codec(engine_name).decode_raw_batch(payload, event_data_pairs=True) == _with_pairs(expected)
+
+
+@needs_native
+def test_only_a_plain_record_can_be_decoded_as_a_tuple() -> None:
+    nodes = native.compile_nodes(EVERYTHING)
+    assert nodes is not None
+    for index, node in enumerate(nodes):
+        flagged = (*nodes[:index], (node[0], node[1] | native.TUPLE, *node[2:]), *nodes[index + 1:])
+        if node[0] == native.KINDS["record"] and not node[1] & native.SPARSE:
+            native._avrocodec.Program(flagged)
+        else:
+            with pytest.raises(ValueError, match="only a non-sparse record"):
+                native._avrocodec.Program(flagged)
 
 
 @pytest.mark.parametrize("engine_name", ENGINES)
@@ -255,10 +283,17 @@ def _decode(codec: Codec, name: str, data: bytes) -> dict[str, Any] | None:
 
 
 def _agrees(name: str, data: bytes) -> None:
-    """The native engine reads ``data`` or refuses it, never crashes; what it reads, the Python codec reads alike."""
+    """The native engine reads ``data`` or refuses it, never crashes; what it reads, the Python codec reads alike.
+    A RawEventBatch read with EventData pairs is refused or read exactly when it is without."""
     fast = _decode(make_codec("native"), name, data)
     if fast is not None:
         assert _decode(make_codec("python"), name, data) == fast
+    if name.startswith("Raw"):
+        try:
+            as_pairs: dict[str, Any] | None = make_codec("native").decode_raw_batch(data, event_data_pairs=True)
+        except DecodeError:
+            as_pairs = None
+        assert as_pairs == (None if fast is None else _with_pairs(fast))
 
 
 @needs_native
@@ -366,6 +401,7 @@ def test_no_leaks_on_success_and_on_every_error_path() -> None:
 
     def work() -> None:
         codec.decode_raw_batch(codec.encode_raw_batch(marked))
+        codec.decode_raw_batch(codec.encode_raw_batch(marked), event_data_pairs=True)
         codec.decode_security_batch(codec.encode_security_batch(security))
         for bad, encode in ((bad_raw, codec.encode_raw_batch), (bad_rows, codec.encode_security_batch)):
             with pytest.raises(EncodeError):
@@ -373,6 +409,9 @@ def test_no_leaks_on_success_and_on_every_error_path() -> None:
         for data in corrupt:
             with pytest.raises(DecodeError):
                 (codec.decode_raw_batch if data[4] == 0x65 else codec.decode_security_batch)(data)
+            if data[4] == 0x65:
+                with pytest.raises(DecodeError):
+                    codec.decode_raw_batch(data, event_data_pairs=True)
 
     refs = sys.getrefcount(marker)
     baseline = _blocks_after(10, work)  # warm-up: the string cache, interned strings, size hints

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,12 +21,25 @@ from tests.streams.golden import (
 )
 
 
-@pytest.fixture(scope="module", params=["python", "native"])
+def _with_pairs(normalise: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``normalise`` given the EventData items as (name, value) tuples, the form the stream stage decodes."""
+
+    def normalise_pairs(raw: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        items = [(item["name"], item["value"]) for item in raw["event_data"] or ()]
+        return normalise({**raw, "event_data": items}, **kwargs)
+
+    return normalise_pairs
+
+
+@pytest.fixture(scope="module", params=["python", "native", "python, pairs", "native, pairs"])
 def golden(request: pytest.FixtureRequest) -> GoldenResult:
-    """Every golden check runs on both normalisers: the Python reference and the C extension."""
-    if request.param == "native" and not native_available():
+    """Every golden check runs on both normalisers, the Python reference and the C extension, and on both forms of
+    EventData items (dicts, and the tuples the stream stage decodes)."""
+    native = request.param.startswith("native")
+    if native and not native_available():
         pytest.skip("streams._normalize is not built")
-    return run_golden(functools.partial(normalize_event, native=request.param == "native"))
+    normalise = functools.partial(normalize_event, native=native)
+    return run_golden(_with_pairs(normalise) if request.param.endswith("pairs") else normalise)
 
 
 def test_every_golden_row_matches_column_by_column(golden: GoldenResult) -> None:

@@ -93,6 +93,24 @@ def test_only_userdata_events_leave_the_c_path() -> None:
     assert handed_back(events) == userdata_only < len(events) // 10
 
 
+@pytest.mark.parametrize("flavour", ["ama", "mma"])
+def test_event_data_pairs_give_the_rows_of_dicts_on_both_paths(flavour: str) -> None:
+    """The stream stage decodes EventData items as (name, value) tuples: both paths give the rows the Python
+    reference gives for the dict form, and the C path keeps them (no more events handed back)."""
+    events = list(corpus_events())
+    paired = [{**e, "event_data": [(i["name"], i["value"]) for i in e["event_data"]]} for e in events]
+
+    def outcome(batch: list[Any], native: bool) -> tuple[list[Any], list[tuple[int, str]]]:
+        position = {id(event): at for at, event in enumerate(batch)}
+        rows, rejected = normalize_batch(batch, flavour=flavour, native=native)
+        return [list(row.items()) for row in rows], [(position[id(event)], reason) for event, reason in rejected]
+
+    reference = outcome(events, native=False)
+    assert outcome(paired, native=False) == reference
+    assert outcome(paired, native=True) == reference
+    assert handed_back(paired, flavour) == handed_back(events, flavour)
+
+
 def test_golden_rows_are_built_by_the_extension() -> None:
     """test_normalize_golden runs on both paths; on the native one, only the 10 UserData rows use the Python code."""
     handed: list[int] = []

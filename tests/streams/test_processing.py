@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
 import uuid
 from collections import Counter
 from functools import lru_cache
 from typing import Any
 
+import pytest
 from evtx import PyEvtxParser
 
 from schemas.codec import decode_raw_batch, decode_security_batch, encode_raw_batch
@@ -95,3 +98,44 @@ def test_output_messages_stay_under_the_kafka_limit_and_keep_every_row() -> None
     assert len({d["batch_id"] for d in decoded}) == len(decoded)
     again = processor.process(encode_raw_batch(batch), b"k", Deduper(window_seconds=20 * 365 * 86400), "raw/0/0")
     assert [decode_security_batch(v)["batch_id"] for v in again.values] == [d["batch_id"] for d in decoded]
+
+
+def _collections_inside_process() -> int:
+    """Cyclic GC runs that start while ``BatchProcessor.process`` is on the stack."""
+    starts = 0
+
+    def seen(phase: str, _info: dict[str, Any]) -> None:
+        nonlocal starts
+        frame = sys._getframe()
+        while frame is not None:
+            if frame.f_code is BatchProcessor.process.__code__:
+                starts += phase == "start"
+                return
+            frame = frame.f_back
+
+    gc.callbacks.append(seen)
+    old = gc.get_threshold()
+    gc.set_threshold(1)  # any container allocation would start a collection
+    try:
+        processor = BatchProcessor(RuleSet.compile([RuleSettings(name="all", event_set="All")]))
+        processor.process(encode_raw_batch(_raw_batch(list(security_events()[:300]))), b"k", Deduper(), "raw/0/0")
+    finally:
+        gc.set_threshold(*old)
+        gc.callbacks.remove(seen)
+    return starts
+
+
+def test_no_collection_runs_while_a_message_is_processed_and_the_gc_state_is_restored() -> None:
+    assert gc.isenabled()
+    assert _collections_inside_process() == 0
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        BatchProcessor(RuleSet.compile([])).process(None, None, Deduper(), "raw/0/0")
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
+    with pytest.raises(AttributeError):  # not a Deduper: the error passes through, the GC is back on
+        BatchProcessor(RuleSet.compile([RuleSettings(name="all", event_set="All")])).process(
+            encode_raw_batch(_raw_batch(list(security_events()[:5]))), None, object(), "raw/0/0")  # type: ignore[arg-type]
+    assert gc.isenabled()

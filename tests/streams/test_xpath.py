@@ -75,6 +75,9 @@ def selects(query: str, ev: dict[str, Any]) -> bool:
 )
 def test_queries_select_what_windows_would(query: str, ev: dict[str, Any], expected: bool) -> None:
     assert selects(query, ev) is expected
+    # The same with the EventData items as the stream stage decodes them, (name, value) tuples.
+    paired = {**ev, "event_data": [(item["name"], item["value"]) for item in ev["event_data"]]}
+    assert selects(query, paired) is expected
 
 
 @pytest.mark.parametrize(

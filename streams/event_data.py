@@ -1,0 +1,26 @@
+"""A RawEvent's EventData items in either of their two forms.
+
+Producers and ``schemas.codec.decode_raw_batch`` give each item as ``{"name": ..., "value": ...}``; the stream stage
+decodes them as ``(name, value)`` tuples (``decode_raw_batch(..., event_data_pairs=True)``), which cost a fraction
+of a dict. Code that reads items takes either form through these functions; one event's items are all of one form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+DataItem = Mapping[str, Any] | tuple[Any, Any]
+
+
+def pairs(items: Sequence[DataItem] | None) -> Sequence[tuple[Any, Any]]:
+    """The items as ``(name, value)`` tuples (the same list when they already are)."""
+    if not items or type(items[0]) is tuple:
+        return items or ()  # type: ignore[return-value]
+    return [(item["name"], item["value"]) for item in items]  # type: ignore[call-overload]
+
+
+def as_dicts(items: Iterable[DataItem]) -> list[dict[str, Any]]:
+    """The items as ``{"name", "value"}`` dicts, the form every encoder and the schema's JSON take."""
+    return [{"name": item[0], "value": item[1]} if type(item) is tuple else dict(item)
+            for item in items]
