@@ -36,7 +36,14 @@ typedef struct {
     struct Shape *shapes; /* sparse record: models of the sets of fields rows had (see dec_sparse) */
     char *json_key;     /* a sparse record's field: `,"name":` as JSON (decode_json writes from byte 1 first) */
     Py_ssize_t json_key_len;
+    struct KeySlot *by_key; /* sparse record: its fields' interned names -> position, by address (see key_position) */
+    size_t by_key_mask;
 } Node;
+
+typedef struct KeySlot {
+    PyObject *key; /* a field's interned name (owned by the field node), or NULL */
+    Py_ssize_t at;
+} KeySlot;
 
 /* Decoded short ASCII strings are looked up in a small direct-mapped cache first: field names, channels, hosts,
  * SIDs, "%%1833"-style codes repeat across events, and sharing one immutable str saves its allocation and its
@@ -275,6 +282,19 @@ static int enc_record(Program *pg, Node *node, PyObject *record, Out *o)
     return 0;
 }
 
+/* The position of the field whose name is the very object `key`, or -1. Rows are built with the interned column
+ * names as keys, so this finds nearly every column of a row without hashing its name; an equal name that is another
+ * object is left to the `index` dict. */
+static inline Py_ssize_t key_position(Node *node, PyObject *key)
+{
+    size_t mask = node->by_key_mask;
+    size_t i = (size_t)(((uint64_t)(uintptr_t)key * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & mask;
+    for (KeySlot *slots = node->by_key; slots[i].key != NULL; i = (i + 1) & mask)
+        if (slots[i].key == key)
+            return slots[i].at;
+    return -1;
+}
+
 /* A sparse record: only the row's own keys are looked up, then every field is written in schema order. */
 static int enc_sparse(Program *pg, Node *node, PyObject *row, Out *o)
 {
@@ -306,6 +326,8 @@ static int enc_sparse(Program *pg, Node *node, PyObject *row, Out *o)
                 at = j;
                 break;
             }
+        if (at < 0)
+            at = key_position(node, key);
         if (at < 0) {
             PyObject *found = NULL;
             if (PyUnicode_CheckExact(key)) /* a column name is a str; a subclass could hash its own way */
@@ -1341,6 +1363,7 @@ static void program_clear_nodes(Program *self)
         Py_XDECREF(self->nodes[i].names);
         Py_XDECREF(self->nodes[i].model);
         PyMem_Free(self->nodes[i].json_key);
+        PyMem_Free(self->nodes[i].by_key);
         if (self->nodes[i].shapes != NULL) {
             for (Py_ssize_t j = 0; j < SHAPES; j++)
                 Py_XDECREF(self->nodes[i].shapes[j].model);
@@ -1486,6 +1509,24 @@ static int program_load(Program *self, PyObject *nodes)
                 }
                 if (PyDict_GET_SIZE(node->index) != node->count)
                     return bad_program(i, "duplicate field names");
+                size_t size = 16;
+                while (size < 2 * (size_t)node->count)
+                    size *= 2;
+                node->by_key = PyMem_Calloc(size, sizeof(KeySlot));
+                if (node->by_key == NULL) {
+                    PyErr_NoMemory();
+                    return -1;
+                }
+                node->by_key_mask = size - 1;
+                for (Py_ssize_t f = 0; f < node->count; f++) {
+                    PyObject *name = PyTuple_GET_ITEM(node->names, f);
+                    size_t at = (size_t)(((uint64_t)(uintptr_t)name * UINT64_C(0x9E3779B97F4A7C15)) >> 32) &
+                                node->by_key_mask;
+                    while (node->by_key[at].key != NULL)
+                        at = (at + 1) & node->by_key_mask;
+                    node->by_key[at].key = name;
+                    node->by_key[at].at = f;
+                }
 #ifdef FAST_DICT
                 node->shapes = dict_layout_ok ? PyMem_Calloc(SHAPES, sizeof(Shape)) : NULL;
                 if (dict_layout_ok && node->shapes == NULL) {
