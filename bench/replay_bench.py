@@ -103,7 +103,7 @@ def in_process(normalized: list[tuple[bytes, bytes]], raw: list[tuple[bytes, byt
                passes: int) -> dict[str, Any]:
     """The read path without Kafka, in its parts: decode alone, and the replay's work on decoded batches."""
     security = [decode_security_batch(v) for _, v in normalized]
-    raw_batches = [decode_raw_batch(v) for _, v in raw]
+    raw_batches = [decode_raw_batch(v, event_data_pairs=True) for _, v in raw]  # as the replay decodes
     rows = sum(len(b["rows"]) for b in security)
     events = sum(len(b["events"]) for b in raw_batches)
     held = OriginIdSet(str(uuid.uuid4()) for _ in range(1_000_000))  # none of the rows' ids: all looked up, kept
@@ -112,7 +112,7 @@ def in_process(normalized: list[tuple[bytes, bytes]], raw: list[tuple[bytes, byt
         return sum(len(decode_security_batch(v)["rows"]) for _, v in normalized)
 
     def decode_raw() -> int:
-        return sum(len(decode_raw_batch(v)["events"]) for _, v in raw)
+        return sum(len(decode_raw_batch(v, event_data_pairs=True)["events"]) for _, v in raw)
 
     def count_rows(skip: OriginIdSet | None = None) -> int:
         processor = ReplayProcessor("normalized", skip_ids=skip)

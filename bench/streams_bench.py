@@ -271,7 +271,7 @@ def component_split(settings: Settings, values: Sequence[bytes]) -> dict[str, An
     clock = time.process_time
     for value in values:
         t0 = clock()
-        batch = decode_raw_batch(value)
+        batch = decode_raw_batch(value, event_data_pairs=True)  # as the stage decodes
         t1 = clock()
         wanted = processor._filter(batch["host"], batch["events"])
         t2 = clock()

@@ -285,10 +285,14 @@ static int enc_record(Program *pg, Node *node, PyObject *record, Out *o)
 /* The position of the field whose name is the very object `key`, or -1. Rows are built with the interned column
  * names as keys, so this finds nearly every column of a row without hashing its name; an equal name that is another
  * object is left to the `index` dict. */
+static inline size_t key_slot(Node *node, PyObject *key) /* where the probe for `key` starts */
+{
+    return (size_t)(((uint64_t)(uintptr_t)key * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & node->by_key_mask;
+}
+
 static inline Py_ssize_t key_position(Node *node, PyObject *key)
 {
-    size_t mask = node->by_key_mask;
-    size_t i = (size_t)(((uint64_t)(uintptr_t)key * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & mask;
+    size_t mask = node->by_key_mask, i = key_slot(node, key);
     for (KeySlot *slots = node->by_key; slots[i].key != NULL; i = (i + 1) & mask)
         if (slots[i].key == key)
             return slots[i].at;
@@ -1520,8 +1524,7 @@ static int program_load(Program *self, PyObject *nodes)
                 node->by_key_mask = size - 1;
                 for (Py_ssize_t f = 0; f < node->count; f++) {
                     PyObject *name = PyTuple_GET_ITEM(node->names, f);
-                    size_t at = (size_t)(((uint64_t)(uintptr_t)name * UINT64_C(0x9E3779B97F4A7C15)) >> 32) &
-                                node->by_key_mask;
+                    size_t at = key_slot(node, name);
                     while (node->by_key[at].key != NULL)
                         at = (at + 1) & node->by_key_mask;
                     node->by_key[at].key = name;

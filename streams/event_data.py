@@ -7,7 +7,7 @@ of a dict. Code that reads items takes either form through these functions; one 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 DataItem = Mapping[str, Any] | tuple[Any, Any]
@@ -20,7 +20,9 @@ def pairs(items: Sequence[DataItem] | None) -> Sequence[tuple[Any, Any]]:
     return [(item["name"], item["value"]) for item in items]  # type: ignore[call-overload]
 
 
-def as_dicts(items: Iterable[DataItem]) -> list[dict[str, Any]]:
-    """The items as ``{"name", "value"}`` dicts, the form every encoder and the schema's JSON take."""
-    return [{"name": item[0], "value": item[1]} if type(item) is tuple else dict(item)
-            for item in items]
+def as_dicts(items: Sequence[DataItem] | None) -> Sequence[Mapping[str, Any]]:
+    """The items as ``{"name", "value"}`` dicts, the form every encoder and the schema's JSON take (the same list
+    when they already are)."""
+    if not items or type(items[0]) is not tuple:
+        return items if items is not None else []  # type: ignore[return-value]
+    return [{"name": name, "value": value} for name, value in items]

@@ -45,7 +45,7 @@ def content_fingerprint(raw_event: Mapping[str, Any]) -> str:
         [
             raw_event.get("provider_name"),
             raw_event.get("event_id"),
-            as_dicts(raw_event.get("event_data") or ()),  # either form of the items: the same digest
+            as_dicts(raw_event.get("event_data")),  # either form of the items: the same digest
             raw_event.get("user_data_xml"),
         ]
     )

@@ -79,6 +79,22 @@ def encode_bounded(host: str, source_batch_id: str, rows: list[dict[str, Any]], 
     return encode(rows, "")
 
 
+# A message's objects (decoded events, rows) form trees, freed by reference counting when it is done. Collections
+# triggered by their allocation would only traverse them in vain, so the cyclic GC is off for the work of a message;
+# the next collection after it sees the few objects left. A pair of calls rather than a context manager: entering
+# one allocates, and that allocation could itself start a collection.
+def pause_collector() -> bool:
+    """Turn the cyclic GC off; True when it was on (for ``resume_collector``)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    return collecting
+
+
+def resume_collector(collecting: bool) -> None:
+    if collecting:
+        gc.enable()
+
+
 class BatchProcessor:
     """Per-message work of the stream stage. Holds the compiled rules; dedup state is passed in per partition."""
 
@@ -96,15 +112,11 @@ class BatchProcessor:
 
     def process(self, value: bytes | None, key: bytes | None, deduper: Deduper, source: str) -> Outcome:
         """One raw message. ``source`` ("topic/partition/offset") only labels dead letters."""
-        # A message's objects form trees, freed by reference counting when it is done. Collections triggered by
-        # their allocation would only traverse them in vain: the next one after this traverses the few left.
-        collecting = gc.isenabled()
-        gc.disable()
+        collecting = pause_collector()
         try:
             return self._process(value, key, deduper, source)
         finally:
-            if collecting:
-                gc.enable()
+            resume_collector(collecting)
 
     def _process(self, value: bytes | None, key: bytes | None, deduper: Deduper, source: str) -> Outcome:
         try:

@@ -14,6 +14,7 @@ it was assigned. Nothing of that partition has been processed by this worker at 
 it holds the consumer's flow (Faust resumes it right after its streams): the consumer would otherwise hand out the
 records at the rewound position before the streams resume, and they would be dropped again. Holding it for every
 seek coincided with table recoveries that stalled after a partition move, so the first seek is left as it is.
+A skip of that kind still happens now and then after a restart: docs/streams.md § Limits.
 
 The method is Faust's (faust-streaming 0.15); it is replaced only if it has the expected form, otherwise a warning
 is logged and Faust's behaviour stays.

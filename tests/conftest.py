@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import socket
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import CodeType
 
 import pytest
 
@@ -19,6 +22,31 @@ CORPUS = SHARED / "corpus" / "dev"
 GOLDEN = SHARED / "securityevent-golden"
 REFERENCE = SHARED / "reference"
 SEEDS = SHARED / "seeds"
+
+
+def collections_during(code: CodeType, action: Callable[[], object]) -> int:
+    """Cyclic GC runs that start while a frame of ``code`` is on the stack during ``action``, with the collector's
+    threshold at 1 (any container allocation would start one)."""
+    starts = 0
+
+    def seen(phase: str, _info: dict[str, object]) -> None:
+        nonlocal starts
+        frame = sys._getframe()
+        while frame is not None:
+            if frame.f_code is code:
+                starts += phase == "start"
+                return
+            frame = frame.f_back
+
+    gc.callbacks.append(seen)
+    old = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        action()
+    finally:
+        gc.set_threshold(*old)
+        gc.callbacks.remove(seen)
+    return starts
 
 
 def free_port() -> int:

@@ -37,7 +37,7 @@ from streams.dedup import Deduper
 from streams.filtering import RuleLike, RuleSet
 from streams.identity import event_origin_id
 from streams.normalize import normalize_batch
-from streams.processing import BatchProcessor, DeadLetter
+from streams.processing import BatchProcessor, DeadLetter, pause_collector, resume_collector
 
 TopicKind = Literal["raw", "normalized"]
 TOPIC_KINDS: tuple[TopicKind, ...] = ("raw", "normalized")
@@ -302,21 +302,28 @@ class ReplayProcessor:
     def process(self, partition: int, offset: int, value: bytes | None, key: bytes | None = None) -> Processed:
         """One message. DecodeError (counted as dead-lettered) when it is not a batch of the topic's schema."""
         self.counts.messages += 1
+        collecting = pause_collector()
         try:
-            if value is None:
-                raise DecodeError("message has no value")
-            if self.kind == "normalized":
-                if (partition, offset) in self.delivered:
-                    # Only counted: the row count is in the first bytes, nothing needs decoding.
-                    skipped = security_row_count(value)
-                    self.counts.read += skipped
-                    self.counts.already_delivered += skipped
-                    return Processed("", [])
-                return self.take_security_batch(partition, decode_security_batch(value))
-            return self.take_raw_batch(partition, offset, decode_raw_batch(value), key)
+            return self._process(partition, offset, value, key)
         except DecodeError:
             self.counts.dead_lettered += 1
             raise
+        finally:
+            resume_collector(collecting)
+
+    def _process(self, partition: int, offset: int, value: bytes | None, key: bytes | None) -> Processed:
+        if value is None:
+            raise DecodeError("message has no value")
+        if self.kind == "normalized":
+            if (partition, offset) in self.delivered:
+                # Only counted: the row count is in the first bytes, nothing needs decoding.
+                skipped = security_row_count(value)
+                self.counts.read += skipped
+                self.counts.already_delivered += skipped
+                return Processed("", [])
+            return self.take_security_batch(partition, decode_security_batch(value))
+        # EventData items as (name, value) tuples, as the stream stage reads them.
+        return self.take_raw_batch(partition, offset, decode_raw_batch(value, event_data_pairs=True), key)
 
     def take_security_batch(self, partition: int, batch: dict[str, Any]) -> Processed:
         """A decoded SecurityEventBatch of a message the destination has not received."""

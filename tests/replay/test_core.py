@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import uuid
 from collections import Counter
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.codec import DecodeError
+from schemas.codec import DecodeError, decode_security_batch, encode_raw_batch
 from secstream.config import RuleSettings
 from secstream.replay.core import (
     OffsetRanges,
@@ -22,7 +23,12 @@ from secstream.replay.core import (
     rules_fingerprint,
     security_row_count,
 )
+from streams.dedup import Deduper
+from streams.filtering import RuleSet
+from streams.processing import BatchProcessor
+from tests.conftest import collections_during
 from tests.sinks.rows import encoded, golden_rows, make_batches
+from tests.streams.test_processing import _raw_batch, security_events
 
 CONFIGURED = [RuleSettings(name="dc", computers=["dc*"], event_set="All"),
               RuleSettings(name="default", event_set="Minimal")]
@@ -112,3 +118,16 @@ def test_counts_per_event_id_are_those_of_the_golden_rows() -> None:
     assert processor.counts.by_event_id == expected - first
     assert sent == processor.counts.to_send == processor.counts.by_partition[1] == 1_234 - 30
     assert processor.counts.already_delivered == 30
+
+
+def test_a_raw_message_is_replayed_without_collections_and_as_the_stream_stage_normalises_it() -> None:
+    events = list(security_events()[:300])
+    value = encode_raw_batch(_raw_batch(events))
+    rules = RuleSet.compile([RuleSettings(name="all", event_set="All")])
+    replay = ReplayProcessor("raw", rules=rules)
+    assert collections_during(ReplayProcessor.process.__code__, lambda: replay.process(0, 0, value)) == 0
+    assert gc.isenabled()
+    again = ReplayProcessor("raw", rules=rules).process(0, 0, value)
+    stream = BatchProcessor(rules).process(value, None, Deduper(), "raw/0/0")
+    assert [row for v in stream.values for row in decode_security_batch(v)["rows"]] == again.rows
+    assert len(again.rows) == len(events)

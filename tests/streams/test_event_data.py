@@ -24,7 +24,8 @@ def test_pairs_and_dicts_convert_into_each_other() -> None:
         assert list(pairs(as_dict["event_data"])) == as_tuple["event_data"]
         assert pairs(as_tuple["event_data"]) is as_tuple["event_data"]  # already pairs: not copied
         assert as_dicts(as_tuple["event_data"]) == original["event_data"]
-    assert pairs(None) == () and pairs([]) == () and as_dicts(()) == []
+        assert as_dicts(as_dict["event_data"]) is as_dict["event_data"]  # already dicts: not copied
+    assert pairs(None) == () and pairs([]) == () and as_dicts(None) == [] and as_dicts([]) == []
 
 
 def test_an_event_has_one_identity_whatever_the_form_of_its_items() -> None:

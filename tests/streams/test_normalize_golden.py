@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from streams.event_data import pairs
 from streams.normalize import native_available, normalize_event
 from tests.streams.golden import (
     EXCEPTIONS,
@@ -25,8 +26,7 @@ def _with_pairs(normalise: Callable[..., dict[str, Any]]) -> Callable[..., dict[
     """``normalise`` given the EventData items as (name, value) tuples, the form the stream stage decodes."""
 
     def normalise_pairs(raw: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        items = [(item["name"], item["value"]) for item in raw["event_data"] or ()]
-        return normalise({**raw, "event_data": items}, **kwargs)
+        return normalise({**raw, "event_data": list(pairs(raw["event_data"]))}, **kwargs)
 
     return normalise_pairs
 

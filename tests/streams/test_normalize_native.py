@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams import normalize
+from streams.event_data import pairs
 from streams.identity import content_fingerprint, event_origin_id, identity_key, uuid5_string
 from streams.normalize import NormalizeContext, normalize_batch, normalize_event
 from tests.streams import golden
@@ -98,7 +99,7 @@ def test_event_data_pairs_give_the_rows_of_dicts_on_both_paths(flavour: str) -> 
     """The stream stage decodes EventData items as (name, value) tuples: both paths give the rows the Python
     reference gives for the dict form, and the C path keeps them (no more events handed back)."""
     events = list(corpus_events())
-    paired = [{**e, "event_data": [(i["name"], i["value"]) for i in e["event_data"]]} for e in events]
+    paired = [{**e, "event_data": list(pairs(e["event_data"]))} for e in events]
 
     def outcome(batch: list[Any], native: bool) -> tuple[list[Any], list[tuple[int, str]]]:
         position = {id(event): at for at, event in enumerate(batch)}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import sys
 import uuid
 from collections import Counter
 from functools import lru_cache
@@ -18,7 +17,7 @@ from secstream.config import RuleSettings
 from streams.dedup import Deduper
 from streams.filtering import RuleSet
 from streams.processing import OUTPUT_BATCH_NAMESPACE, BatchProcessor
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, collections_during
 from tests.streams.test_stream_worker import corpus_events
 
 SECURITY_EVTX = "omerbenamram__evtx/samples/security.evtx"
@@ -100,34 +99,12 @@ def test_output_messages_stay_under_the_kafka_limit_and_keep_every_row() -> None
     assert [decode_security_batch(v)["batch_id"] for v in again.values] == [d["batch_id"] for d in decoded]
 
 
-def _collections_inside_process() -> int:
-    """Cyclic GC runs that start while ``BatchProcessor.process`` is on the stack."""
-    starts = 0
-
-    def seen(phase: str, _info: dict[str, Any]) -> None:
-        nonlocal starts
-        frame = sys._getframe()
-        while frame is not None:
-            if frame.f_code is BatchProcessor.process.__code__:
-                starts += phase == "start"
-                return
-            frame = frame.f_back
-
-    gc.callbacks.append(seen)
-    old = gc.get_threshold()
-    gc.set_threshold(1)  # any container allocation would start a collection
-    try:
-        processor = BatchProcessor(RuleSet.compile([RuleSettings(name="all", event_set="All")]))
-        processor.process(encode_raw_batch(_raw_batch(list(security_events()[:300]))), b"k", Deduper(), "raw/0/0")
-    finally:
-        gc.set_threshold(*old)
-        gc.callbacks.remove(seen)
-    return starts
-
-
 def test_no_collection_runs_while_a_message_is_processed_and_the_gc_state_is_restored() -> None:
     assert gc.isenabled()
-    assert _collections_inside_process() == 0
+    processor = BatchProcessor(RuleSet.compile([RuleSettings(name="all", event_set="All")]))
+    value = encode_raw_batch(_raw_batch(list(security_events()[:300])))
+    assert collections_during(BatchProcessor.process.__code__,
+                              lambda: processor.process(value, b"k", Deduper(), "raw/0/0")) == 0
     assert gc.isenabled()
     gc.disable()
     try:

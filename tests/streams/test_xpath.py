@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streams.event_data import pairs
 from streams.xpath import MAX_EXPRESSIONS, XPathError, compile_queries, compile_query, tokenize
 
 NOW = 1_700_000_000.0  # seconds since the epoch, the clock of every timediff test
@@ -76,7 +77,7 @@ def selects(query: str, ev: dict[str, Any]) -> bool:
 def test_queries_select_what_windows_would(query: str, ev: dict[str, Any], expected: bool) -> None:
     assert selects(query, ev) is expected
     # The same with the EventData items as the stream stage decodes them, (name, value) tuples.
-    paired = {**ev, "event_data": [(item["name"], item["value"]) for item in ev["event_data"]]}
+    paired = {**ev, "event_data": list(pairs(ev["event_data"]))}
     assert selects(query, paired) is expected
 
 
