@@ -9,8 +9,9 @@ on the same pre-encoded input, against the embedded broker:
   is empty (``CONFLUENT_FETCH_PACING``), where it would otherwise keep fetching from the embedded broker, which
   answers empty fetches at once, while it works;
 * ``faust``: ``secstream stream`` itself (uvloop, ``-l info``, direct ``app.producer.send``, 1 MiB producer batches,
-  5 ms linger, zstd output), as shipped, and again with ``stream.empty_fetch_wait_ms: 0`` (no wait after an empty
-  fetch: the worker's behaviour before that setting).
+  5 ms linger, zstd output, output batches built in their own thread), as shipped; again with
+  ``stream.empty_fetch_wait_ms: 0`` (no wait after an empty fetch: the worker's behaviour before that setting); and
+  again with ``stream.producer_build_thread: false`` (batches built on the event loop, as aiokafka does).
 
 Every Kafka variant is measured the same way, each on its own fresh topics and consumer group: the consumer starts
 on the empty input topic and is waited for until it has its partitions and is idle (the confluent loop: its
@@ -31,7 +32,11 @@ record ids, in RawEventBatches of 500 events of one host; a share of the batches
 batch id and order (the second collector), so dedup drops them. Also measured: dedup state bytes per event for
 10M events of one partition with gaps in the record ids, and a cProfile of the in-process work.
 
-Usage: ``.venv/bin/python bench/streams_bench.py [--events 100000] [--dedup-events 10000000] [--py-spy]``
+With ``--rounds N`` the loop and the worker (as shipped) run N times alternately, and the medians of their figures
+and of the per-round ratio are reported as well: one pair is at the mercy of a machine whose speed changes from
+minute to minute.
+
+Usage: ``.venv/bin/python bench/streams_bench.py [--events 100000] [--rounds 1] [--dedup-events 10000000] [--py-spy]``
 → prints and writes ``bench/results/streams.json``.
 """
 
@@ -45,6 +50,7 @@ import json
 import os
 import pstats
 import random
+import statistics
 import struct
 import subprocess
 import sys
@@ -350,18 +356,23 @@ IDLE_SECONDS = 1.0  # how long a consumer runs on the empty input topic before t
 
 
 class CpuClock:
-    """CPU seconds of the consumer (``cpu``: a callable) and of the broker process since ``start()``."""
+    """CPU seconds of the consumer (``cpu``: a callable), of its main thread (``main_thread``: the one that runs
+    ``process``, which bounds the consumer's rate) and of the broker process since ``start()``."""
 
-    def __init__(self, cpu: Callable[[], float], broker_pid: int) -> None:
-        self.cpu, self.broker_pid = cpu, broker_pid
+    def __init__(self, cpu: Callable[[], float], main_thread: Callable[[], float], broker_pid: int) -> None:
+        self.cpu, self.main_thread, self.broker_pid = cpu, main_thread, broker_pid
         self.start()
 
     def start(self) -> None:
         self.t0, self.cpu0, self.broker0 = time.monotonic(), self.cpu(), _cpu_seconds(self.broker_pid)
+        self.main0 = self.main_thread()
 
     def read(self) -> tuple[float, float]:
         """(consumer, broker) CPU seconds since ``start()``."""
         return self.cpu() - self.cpu0, _cpu_seconds(self.broker_pid) - self.broker0
+
+    def main_thread_seconds(self) -> float:
+        return self.main_thread() - self.main0
 
     def idle_shares(self) -> dict[str, float]:
         """Share of a core used by the consumer and by the broker since ``start()`` (both idle but polling)."""
@@ -370,14 +381,15 @@ class CpuClock:
         return {"consumer": round(cpu / wall, 3), "broker": round(broker / wall, 3)}
 
 
-def window_figures(n_events: int, t_last: float, used: tuple[float, float], fed: dict[str, Any],
+def window_figures(n_events: int, t_last: float, used: tuple[float, float], main_thread: float, fed: dict[str, Any],
                    idle: dict[str, float]) -> dict[str, Any]:
     """Figures of one window: from ``fed["started"]`` (first input message produced) to ``t_last``; ``used``:
-    (consumer, broker) CPU seconds over it."""
+    (consumer, broker) CPU seconds over it; ``main_thread``: the consumer's main thread's CPU seconds over it."""
     wall = t_last - fed["started"]
     cpu, broker = used
     return {"events_in": n_events, "seconds": wall, "events_per_s": n_events / wall, "cpu_us_per_event":
-            cpu / n_events * 1e6, "broker_cpu_us_per_event": round(broker / n_events * 1e6, 2),
+            cpu / n_events * 1e6, "main_thread_cpu_us_per_event": round(main_thread / n_events * 1e6, 2),
+            "broker_cpu_us_per_event": round(broker / n_events * 1e6, 2),
             "idle_cpu_share": idle, "input_production": production_check(fed, t_last, wall)}
 
 
@@ -408,7 +420,7 @@ def run_confluent(settings: Settings, n_messages: int, feed: Path, broker_pid: i
                 raise RuntimeError("the input topic is not empty")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no assignment within 60 s: {assigned}")
-        clock = CpuClock(time.process_time, broker_pid)
+        clock = CpuClock(time.process_time, time.thread_time, broker_pid)
         while time.monotonic() - clock.t0 < IDLE_SECONDS:  # polls that come back empty
             if consumer.poll(0.1) is not None:
                 raise RuntimeError("the input topic is not empty")
@@ -436,9 +448,9 @@ def run_confluent(settings: Settings, n_messages: int, feed: Path, broker_pid: i
             producer.poll(0)
             consumer.store_offsets(msg)
         producer.flush(60)
-        t_last, used = time.monotonic(), clock.read()
+        t_last, used, main_thread = time.monotonic(), clock.read(), clock.main_thread_seconds()
         n = n_messages * BATCH
-        figures = window_figures(n, t_last, used, feeder.result(n), idle)
+        figures = window_figures(n, t_last, used, main_thread, feeder.result(n), idle)
     finally:
         feeder.close()
         consumer.close()
@@ -469,7 +481,7 @@ def run_faust(settings: Settings, n_messages: int, expected_out: int, tmp: Path,
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"faust worker not ready: {log_path.read_text(errors='replace')[-3000:]}")
             time.sleep(0.1)
-        clock = CpuClock(lambda: _cpu_seconds(proc.pid), broker_pid)
+        clock = CpuClock(lambda: _cpu_seconds(proc.pid), lambda: _cpu_seconds(proc.pid, proc.pid), broker_pid)
         time.sleep(IDLE_SECONDS)  # fetching from the empty topic
         idle = clock.idle_shares()
         with OutputWatermarks(settings) as marks:
@@ -493,9 +505,9 @@ def run_faust(settings: Settings, n_messages: int, expected_out: int, tmp: Path,
                                        f"{STALL_SECONDS} s (log: {log_path})")
                 time.sleep(0.02)
                 done = marks.total()
-            t_last, used = time.monotonic(), clock.read()
+            t_last, used, main_thread = time.monotonic(), clock.read(), clock.main_thread_seconds()
         n = n_messages * BATCH
-        out.update({**window_figures(n, t_last, used, feeder.result(n), idle),
+        out.update({**window_figures(n, t_last, used, main_thread, feeder.result(n), idle),
                     "output_messages": expected_out,
                     "rebalances": log_path.read_text(errors="replace").count(READY_LINE) - 1})
         if spy is not None:
@@ -562,8 +574,10 @@ def py_spy_top(path: Path, top: int = 15) -> dict[str, Any]:
             "categories": {c: round(n / total, 3) for c, n in sorted(by_category.items(), key=lambda kv: -kv[1])}}
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU seconds of a process, or of one of its threads."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -633,9 +647,34 @@ def one_pass(n_events: int) -> None:
 
 # ------------------------------------------------------------------------------------------------- main
 # (result key, topic suffix, stream settings) of each Faust run; the first is the worker as shipped.
+def median_of_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds of the loop's and the worker's figures, and of the per-round ratio (each round's two
+    runs are minutes apart at most, so the ratio of a round is less exposed to the machine's drift than either)."""
+    def median_of(key: str, field: str) -> float:
+        return round(statistics.median(r[key][field] for r in rounds), 2)
+
+    ratios = [r["faust_to_confluent_ratio"] for r in rounds]
+    return {"rounds": len(rounds),
+            "confluent_kafka_events_per_s": median_of("confluent_kafka", "events_per_s"),
+            "confluent_kafka_cpu_us_per_event": median_of("confluent_kafka", "cpu_us_per_event"),
+            "faust_events_per_s": median_of("faust", "events_per_s"),
+            "faust_cpu_us_per_event": median_of("faust", "cpu_us_per_event"),
+            "faust_main_thread_cpu_us_per_event": median_of("faust", "main_thread_cpu_us_per_event"),
+            "confluent_kafka_main_thread_cpu_us_per_event":
+                median_of("confluent_kafka", "main_thread_cpu_us_per_event"),
+            "faust_to_confluent_ratio": round(statistics.median(ratios), 3),
+            "faust_to_confluent_ratio_range": [min(ratios), max(ratios)],
+            "rounds_faust_at_50k": sum(r["faust"]["events_per_s"] >= 50_000 for r in rounds),
+            "rounds_ratio_at_0_8": sum(ratio >= 0.8 for ratio in ratios),
+            **{f"{key}_{field}": median_of(key, field)
+               for key, *_ in FAUST_VARIANTS[1:] if all(key in r for r in rounds)
+               for field in ("events_per_s", "cpu_us_per_event", "main_thread_cpu_us_per_event")}}
+
+
 FAUST_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("faust", "faust", {}),
     ("faust_no_fetch_wait", "faust-nowait", {"empty_fetch_wait_ms": 0}),  # the worker before that setting
+    ("faust_build_on_loop", "faust-loopbuild", {"producer_build_thread": False}),  # batches built as aiokafka does
 ]
 
 
@@ -644,6 +683,11 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--hosts", type=int, default=200)
     ap.add_argument("--dup-share", type=float, default=0.05)
+    ap.add_argument("--every-variant", action="store_true",
+                    help="run every Faust variant in every round, not only in round 1 (for their medians)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds of (confluent-kafka loop, Faust worker) pairs, run alternately; with more than one, "
+                         "their medians are reported too (the variant without the fetch wait runs in round 1 only)")
     ap.add_argument("--dedup-events", type=int, default=10_000_000)
     ap.add_argument("--py-spy", action="store_true", help="sample the Faust worker with py-spy (pip install py-spy)")
     ap.add_argument("--dedup-only", action="store_true", help=argparse.SUPPRESS)
@@ -705,21 +749,33 @@ def main() -> None:
         try:
             result["input_production_alone"] = alone = production_alone(settings, feed, f"bench-prod-{run}", n_events)
             print("input production alone", alone, flush=True)
-            variant = fresh("ck")
-            result["confluent_kafka"] = ck = run_confluent(variant, n, feed, broker_pid)
-            print("confluent-kafka", ck, flush=True)
-            done(variant)
-            for key, suffix, stream in FAUST_VARIANTS:
-                variant = fresh(suffix, **stream)
-                result[key] = fa = run_faust(variant, n, ck["output_messages"], tmp, feed, broker_pid,
-                                             py_spy=args.py_spy and key == "faust")
-                print(key, {k: v for k, v in fa.items() if k != "py_spy_top"}, flush=True)
-                result[f"{key}_to_confluent_ratio"] = round(fa["events_per_s"] / ck["events_per_s"], 3)
+            rounds: list[dict[str, Any]] = []
+            for number in range(1, args.rounds + 1):
+                # Later rounds run the loop and the worker as shipped only: the pairs the ratio is taken from.
+                variants = FAUST_VARIANTS if number == 1 or args.every_variant else FAUST_VARIANTS[:1]
+                variant = fresh(f"ck{number}")
+                ck = run_confluent(variant, n, feed, broker_pid)
+                print(f"round {number} confluent-kafka", ck, flush=True)
                 done(variant)
-            for key in ("confluent_kafka", *(key for key, *_ in FAUST_VARIANTS)):
-                if result[key]["input_production"]["may_be_the_limit"]:
-                    print(f"{key}: the consumer kept up with the input producer, so production may have been "
-                          "the limit of this figure", flush=True)
+                this_round: dict[str, Any] = {"load_average": os.getloadavg(), "confluent_kafka": ck}
+                for key, suffix, stream in variants:
+                    variant = fresh(f"{suffix}{number}", **stream)
+                    this_round[key] = fa = run_faust(variant, n, ck["output_messages"], tmp, feed, broker_pid,
+                                                     py_spy=args.py_spy and key == "faust" and number == 1)
+                    print(f"round {number} {key}", {k: v for k, v in fa.items() if k != "py_spy_top"}, flush=True)
+                    this_round[f"{key}_to_confluent_ratio"] = round(fa["events_per_s"] / ck["events_per_s"], 3)
+                    done(variant)
+                rounds.append(this_round)
+            result.update(rounds[0])  # round 1 at the top level, as a single-round run writes it
+            if len(rounds) > 1:
+                result["rounds"] = rounds
+                result["median_of_rounds"] = median_of_rounds(rounds)
+                print("median of rounds", result["median_of_rounds"], flush=True)
+            for number, this_round in enumerate(rounds, 1):
+                for key in ("confluent_kafka", *(key for key, *_ in FAUST_VARIANTS)):
+                    if key in this_round and this_round[key]["input_production"]["may_be_the_limit"]:
+                        print(f"round {number} {key}: the consumer kept up with the input producer, so production "
+                              "may have been the limit of this figure", flush=True)
             result["profile_in_process"] = profile_in_process(settings, values[: min(n, 60)])
             result["component_split"] = component_split(settings, values)
             print("split", result["component_split"], flush=True)

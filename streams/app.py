@@ -43,6 +43,7 @@ from secstream.kafka import faust_broker_options
 from secstream.lifecycle import StageState
 from secstream.source_position import source_headers
 from secstream.telemetry import batch_span, inject_trace_headers
+from streams.batch_build import install_threaded_batch_build
 from streams.dedup import Deduper, iter_partition_records
 from streams.fetch_wait import install_empty_fetch_wait
 from streams.filtering import RuleLike, RuleSet
@@ -252,6 +253,7 @@ def build_app(settings: Settings, rules: RuleSet | None = None) -> tuple[faust.A
     s = settings.stream
     rules = rules if rules is not None else RuleSet.compile(cast(Sequence[RuleLike], settings.rules))
     install_empty_fetch_wait(s.empty_fetch_wait_ms)
+    install_threaded_batch_build(s.producer_build_thread)
     install_keep_member_id()
     install_uncommitted_start([settings.topics.raw], AUTO_OFFSET_RESET)
     partitions = settings.topics.raw_partitions

@@ -1,9 +1,10 @@
 """Replacing one private method of a library class, only if it still has the form the replacement relies on.
 
-The stream worker changes three behaviours of aiokafka and Faust that have no public switch (``fetch_wait``,
-``group_membership``, ``start_positions``). Each replacement is a ``MethodHook``: before installing it checks that
-the method exists, is (or is not) a coroutine function and takes the expected parameters; on a mismatch it logs
-one warning naming the library version and what the worker does without it, and leaves the library alone.
+The stream worker changes four behaviours of aiokafka and Faust that have no public switch (``batch_build``,
+``fetch_wait``, ``group_membership``, ``start_positions``). Each replacement is a ``MethodHook``: before installing
+it checks that the method exists, is (or is not) a coroutine function and takes the expected parameters; on a
+mismatch it logs one warning naming the library version and what the worker does without it, and leaves the
+library alone.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """When Faust seeks its stream partitions back to their committed offsets, also rewind those never committed.
 
-After every rebalance Faust restores the tables with the consumer's flow resumed and its streams' flow control
-suspended, so the records of stream partitions fetched meanwhile reach the streams and are dropped. It then seeks
-the stream partitions to their committed offsets ("Seek stream partitions to committed offsets"). aiokafka's
+After every rebalance Faust restores the tables with the consumer's flow and the streams' flow control running and
+the stream partitions paused. Once restored, it resumes the stream partitions, seeks them to their committed
+offsets ("Seek stream partitions to committed offsets") and resumes flow control again, which clears the streams'
+queues: records of stream partitions handed out before that are dropped. Records fetched while the consumer's flow
+is held are dropped too, and Faust's ``getmany`` then seeks to committed offsets again. aiokafka's
 ``seek_to_committed`` only seeks a partition whose committed offset is above 0, so a partition never committed (a
 new topic, or a first message that failed) stayed where the dropped records left it: those records were skipped for
 good. Seen as a worker that became ready and never processed the message waiting at offset 0.
@@ -10,11 +12,15 @@ good. Seen as a worker that became ready and never processed the message waiting
 The replacement of Faust's ``AIOKafkaConsumerThread.seek_to_committed`` calls aiokafka's own ``seek_to_committed``
 and then, for partitions of the stream's own topics, seeks a committed offset of 0 explicitly and resets a
 partition with no committed offset by the consumer's ``auto_offset_reset`` policy: where aiokafka started it when
-it was assigned. Nothing of that partition has been processed by this worker at that point. For that second seek
-it holds the consumer's flow (Faust resumes it right after its streams): the consumer would otherwise hand out the
-records at the rewound position before the streams resume, and they would be dropped again. Holding it for every
-seek coincided with table recoveries that stalled after a partition move, so the first seek is left as it is.
-A skip of that kind still happens now and then after a restart: docs/streams.md § Limits.
+it was assigned. Nothing of that partition has been processed by this worker at that point.
+
+For that second seek it holds the consumer's flow if the flow is running when the seek starts: that is the
+recovery's seek, and Faust resumes the flow right after it. Without the hold the consumer would hand out the
+records at the rewound position before the streams' queues are cleared, and they would be dropped again. When the
+flow is already held (the seek of ``getmany`` after dropping records), it is left alone: the recovery may resume the
+flow while the seek runs, and a hold taken after that would never be released, leaving a worker that is ready and
+never fetches. Holding the flow for the first seek as well coincided with table recoveries that stalled after a
+partition move, so that seek is left as it is.
 
 The method is Faust's (faust-streaming 0.15); it is replaced only if it has the expected form, otherwise a warning
 is logged and Faust's behaviour stays.
@@ -82,12 +88,16 @@ def _seeking_uncommitted_too(original: Callable[[Any], Awaitable[Any]]) -> Calla
     @functools.wraps(original)
     async def seek_to_committed(self: Any) -> Mapping[Any, Any]:
         consumer = self._ensure_consumer()
+        # Read before the first await: only a seek entered with the flow running is the recovery's, which Faust
+        # follows by resuming the flow; a hold taken in any other seek may outlive the last resume.
+        may_hold_flow = self.consumer.flow_active
         committed: Mapping[Any, Any] = await self.call_thread(consumer.seek_to_committed)
         at_zero, uncommitted = left_behind(committed, _topics)
         if at_zero or uncommitted:
-            # The records these partitions are rewound to would be fetched and handed out before Faust resumes its
-            # streams, and dropped again: hold the consumer's flow, which Faust resumes right after the streams.
-            self.consumer.stop_flow()
+            if may_hold_flow:
+                # The records these partitions are rewound to would otherwise be handed out, and dropped, before
+                # Faust clears the streams' queues.
+                self.consumer.stop_flow()
             await self.call_thread(start_left_behind, consumer, at_zero, uncommitted, _policy)
         return committed
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 import os
 import time
 import uuid
@@ -32,6 +31,7 @@ from secstream.topics import TopicSpec, delete_topics, ensure_topics
 from streams import fetch_wait
 from streams.app import build_app, changelog_topic_name
 from streams.fetch_wait import install_empty_fetch_wait, installed_wait_seconds, uninstall_empty_fetch_wait
+from tests.streams.hook_guard import warnings_of_refused_install
 from tests.streams.worker_harness import Worker
 
 AIOKAFKA_FETCH = inspect.getattr_static(Fetcher, "_proc_fetch_request")
@@ -256,15 +256,9 @@ def _not_a_coroutine(self: Any, assignment: Any, node_id: Any, request: Any) -> 
 ])
 def test_an_aiokafka_without_the_expected_method_gets_a_warning_and_no_patch(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, replacement: Any, problem: str) -> None:
-    if replacement is None:
-        monkeypatch.delattr(Fetcher, "_proc_fetch_request")
-    else:
-        monkeypatch.setattr(Fetcher, "_proc_fetch_request", replacement)
-    monkeypatch.setattr(fetch_wait.HOOK, "warned", set())
-    with caplog.at_level(logging.WARNING, logger="streams.fetch_wait"):
-        assert not install_empty_fetch_wait(100)
-        assert not install_empty_fetch_wait(100)  # warned once, not per worker start
+    warnings = warnings_of_refused_install(monkeypatch, caplog, Fetcher, "_proc_fetch_request", replacement,
+                                           lambda: install_empty_fetch_wait(100), "streams.fetch_wait",
+                                           [fetch_wait.HOOK])
     assert inspect.getattr_static(Fetcher, "_proc_fetch_request", None) is replacement
     assert installed_wait_seconds() == 0.0
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and problem in warnings[0] and "stream.empty_fetch_wait_ms" in warnings[0], warnings

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +36,7 @@ from secstream.topics import TopicSpec, delete_topics, ensure_topics
 from streams import group_membership
 from streams.app import build_app
 from streams.group_membership import carries_illegal_generation, install_keep_member_id, uninstall_keep_member_id
+from tests.streams.hook_guard import warnings_of_refused_install
 
 AIOKAFKA_METHODS = {name: inspect.getattr_static(GroupCoordinator, name) for name in ("_send_req", "reset_generation")}
 PARTITIONS = 3
@@ -197,17 +197,9 @@ async def _async_reset(self: Any) -> None:
 def test_an_aiokafka_without_the_expected_methods_gets_a_warning_and_no_patch(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, replacement: Any,
         problem: str) -> None:
-    if replacement is None:
-        monkeypatch.delattr(GroupCoordinator, name)
-    else:
-        monkeypatch.setattr(GroupCoordinator, name, replacement)
-    for hook in group_membership.HOOKS:
-        monkeypatch.setattr(hook, "warned", set())
-    with caplog.at_level(logging.WARNING, logger="streams.group_membership"):
-        assert not install_keep_member_id()
-        assert not install_keep_member_id()  # warned once, not per worker start
+    warnings = warnings_of_refused_install(monkeypatch, caplog, GroupCoordinator, name, replacement,
+                                           install_keep_member_id, "streams.group_membership", group_membership.HOOKS)
     assert not group_membership.installed()
     other = "reset_generation" if name == "_send_req" else "_send_req"
     assert inspect.getattr_static(GroupCoordinator, other) is AIOKAFKA_METHODS[other]
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and problem in warnings[0], warnings

@@ -4,22 +4,24 @@ Faust drops records its consumer handed out while a table was restored and then 
 its committed offset. aiokafka's ``seek_to_committed`` skips a partition with no committed offset (or offset 0), so
 those records were skipped for good: a worker became ready and never processed the message at offset 0 (seen in
 ``tests/streams/test_worker_failure.py`` in about one run in seven). Checked here on the real broker with a plain
-aiokafka consumer that has read past uncommitted records.
+aiokafka consumer that has read past uncommitted records, and with Faust's own flow switches around the seek: the
+rewind holds the consumer's flow only in a seek entered with the flow running (the recovery's, which Faust follows
+by resuming it), never in one entered with the flow held, where the recovery may resume it while the seek runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from confluent_kafka import Producer
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from secstream.config import Settings
@@ -34,6 +36,7 @@ from streams.start_positions import (
     start_left_behind,
     uninstall_uncommitted_start,
 )
+from tests.streams.hook_guard import warnings_of_refused_install
 
 FAUST_METHOD = inspect.getattr_static(AIOKafkaConsumerThread, "seek_to_committed")
 RECORDS = 3
@@ -118,6 +121,81 @@ def test_the_latest_policy_starts_at_the_end(settings: Settings, topics: tuple[s
     assert asyncio.run(scenario()) == RECORDS
 
 
+class _FaustFlow:
+    """The consumer's flow state, switched by Faust's own ``stop_flow`` / ``resume_flow``."""
+
+    def __init__(self, running: bool) -> None:
+        self.flow_active = True
+        self.can_resume_flow, self.suspend_flow = asyncio.Event(), asyncio.Event()
+        (self.resume_flow if running else self.stop_flow)()
+
+    def stop_flow(self) -> None:
+        FaustConsumer.stop_flow(cast(Any, self))
+
+    def resume_flow(self) -> None:
+        FaustConsumer.resume_flow(cast(Any, self))
+
+
+class _ConsumerThreadAround:
+    """Faust's consumer thread around a real aiokafka consumer: ``call_thread`` runs the call in this loop, after
+    ``meanwhile`` (once, on the first call: what the event loop runs while the seek waits for the thread)."""
+
+    def __init__(self, aiokafka_consumer: AIOKafkaConsumer, flow: _FaustFlow,
+                 meanwhile: Callable[[_FaustFlow], object] | None) -> None:
+        self._aiokafka, self.consumer, self._meanwhile = aiokafka_consumer, flow, meanwhile
+
+    def _ensure_consumer(self) -> AIOKafkaConsumer:
+        return self._aiokafka
+
+    async def call_thread(self, fun: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        meanwhile, self._meanwhile = self._meanwhile, None
+        if meanwhile is not None:
+            meanwhile(self.consumer)
+        return await fun(*args)
+
+
+def _seek_as_installed(settings: Settings, stream: str, committed: dict[int, int], flow_running: bool,
+                       meanwhile: Callable[[_FaustFlow], object] | None = None) -> tuple[bool, list[int]]:
+    """The installed seek on a consumer that read every record of ``stream``'s three partitions: whether the flow
+    runs after it, and the partitions' positions."""
+    assert install_uncommitted_start([stream])
+    tps = [TopicPartition(stream, p) for p in range(3)]
+
+    async def scenario() -> tuple[bool, list[int]]:
+        consumer = await _read_everything(settings, tps, {tps[p]: offset for p, offset in committed.items()})
+        try:
+            thread = _ConsumerThreadAround(consumer, _FaustFlow(flow_running), meanwhile)
+            await AIOKafkaConsumerThread.seek_to_committed(thread)  # type: ignore[arg-type]
+            return thread.consumer.flow_active, [await consumer.position(tp) for tp in tps]
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(scenario())
+
+
+def test_the_recovery_seek_holds_the_flow_for_the_rewind(settings: Settings, topics: tuple[str, str]) -> None:
+    flow_running, positions = _seek_as_installed(settings, topics[0], {1: 2}, flow_running=True)
+    assert positions == [0, 2, 0]
+    assert not flow_running  # Faust's recovery resumes it after the seek
+
+
+def test_a_seek_with_nothing_to_rewind_leaves_the_flow_running(settings: Settings,
+                                                               topics: tuple[str, str]) -> None:
+    flow_running, positions = _seek_as_installed(settings, topics[0], {0: 1, 1: 2, 2: 1}, flow_running=True)
+    assert positions == [1, 2, 1]
+    assert flow_running
+
+
+def test_a_seek_entered_with_the_flow_held_never_holds_it_after_a_resume(settings: Settings,
+                                                                         topics: tuple[str, str]) -> None:
+    """Faust's ``getmany`` seeks after dropping records fetched while the flow was held; the recovery resumed the
+    flow while that seek ran. A hold taken then would be released by nobody: a ready worker that never fetches."""
+    flow_running, positions = _seek_as_installed(settings, topics[0], {}, flow_running=False,
+                                                 meanwhile=lambda flow: flow.resume_flow())
+    assert positions == [0, 0, 0]
+    assert flow_running
+
+
 # ------------------------------------------------------------------------------------------ install and guard
 def test_the_worker_installs_it_for_its_raw_topic(settings: Settings) -> None:
     build_app(settings)
@@ -156,15 +234,9 @@ async def _other_signature(self: Any, partitions: Any) -> None:
 ])
 def test_a_faust_without_the_expected_method_gets_a_warning_and_no_patch(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, replacement: Any, problem: str) -> None:
-    if replacement is None:
-        monkeypatch.delattr(AIOKafkaConsumerThread, "seek_to_committed")
-    else:
-        monkeypatch.setattr(AIOKafkaConsumerThread, "seek_to_committed", replacement)
-    monkeypatch.setattr(start_positions.HOOK, "warned", set())
-    with caplog.at_level(logging.WARNING, logger="streams.start_positions"):
-        assert not install_uncommitted_start(["a"])
-        assert not install_uncommitted_start(["a"])
+    warnings = warnings_of_refused_install(monkeypatch, caplog, AIOKafkaConsumerThread, "seek_to_committed",
+                                           replacement, lambda: install_uncommitted_start(["a"]),
+                                           "streams.start_positions", [start_positions.HOOK])
     assert vars(AIOKafkaConsumerThread).get("seek_to_committed") is replacement
     assert installed_topics() == frozenset()
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and problem in warnings[0], warnings
