@@ -646,7 +646,6 @@ def one_pass(n_events: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- main
-# (result key, topic suffix, stream settings) of each Faust run; the first is the worker as shipped.
 def median_of_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Medians over rounds of the loop's and the worker's figures, and of the per-round ratio (each round's two
     runs are minutes apart at most, so the ratio of a round is less exposed to the machine's drift than either)."""
@@ -671,6 +670,7 @@ def median_of_rounds(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
                for field in ("events_per_s", "cpu_us_per_event", "main_thread_cpu_us_per_event")}}
 
 
+# (result key, topic suffix, stream settings) of each Faust run; the first is the worker as shipped.
 FAUST_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("faust", "faust", {}),
     ("faust_no_fetch_wait", "faust-nowait", {"empty_fetch_wait_ms": 0}),  # the worker before that setting
@@ -687,7 +687,8 @@ def main() -> None:
                     help="run every Faust variant in every round, not only in round 1 (for their medians)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="rounds of (confluent-kafka loop, Faust worker) pairs, run alternately; with more than one, "
-                         "their medians are reported too (the variant without the fetch wait runs in round 1 only)")
+                         "their medians are reported too (the other worker variants run in round 1 only, unless "
+                         "--every-variant)")
     ap.add_argument("--dedup-events", type=int, default=10_000_000)
     ap.add_argument("--py-spy", action="store_true", help="sample the Faust worker with py-spy (pip install py-spy)")
     ap.add_argument("--dedup-only", action="store_true", help=argparse.SUPPRESS)

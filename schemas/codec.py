@@ -16,7 +16,7 @@ with Avro schema resolution.
 
 ``decode_raw_batch(data, event_data_pairs=True)`` gives each EventData item as a ``(name, value)`` tuple instead of a
 ``{"name": ..., "value": ...}`` dict: the stream stage reads events that way, where making, reading and freeing
-millions of small dicts was a tenth of its work (``streams.event_data`` reads either form). Encoding takes dicts.
+millions of small dicts was a tenth of its work (``schemas.event_data`` reads either form). Encoding takes dicts.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from schemas.avsc import (
     message_schema,
 )
 from schemas.compiled import compile_record
+from schemas.event_data import pairs
 from schemas.nullable_record import EnvelopeCodec
 
 MAGIC_BYTE = 0
@@ -251,7 +252,7 @@ class Codec:
 
 def _event_data_to_pairs(batch: dict[str, Any]) -> None:
     for event in batch["events"]:
-        event["event_data"] = [(item["name"], item["value"]) for item in event["event_data"]]
+        event["event_data"] = pairs(event["event_data"])
 
 
 def peek_schema_id(data: bytes) -> int | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from streams.event_data import as_dicts
+from schemas.event_data import as_dicts
 
 # uuid5(NAMESPACE_URL, "urn:secstream:event-identity:v1"). Fixed forever: changing it changes every EventOriginId.
 EVENT_IDENTITY_NAMESPACE = uuid.UUID("6227968b-7768-5b82-8eb6-449319c9f5be")

@@ -31,8 +31,8 @@ from typing import Any, Literal
 from lxml import etree
 
 from schemas.catalog import DATA_DIR, activity
+from schemas.event_data import DataItem, pairs
 from schemas.native import optional_extension, switched_on
-from streams.event_data import DataItem, pairs
 from streams.identity import EVENT_IDENTITY_NAMESPACE, content_fingerprint, event_origin_id
 
 Flavour = Literal["ama", "mma"]

@@ -24,10 +24,10 @@ from operator import eq
 from typing import Any
 
 from schemas.codec import DecodeError, decode_raw_batch, encode_raw_batch, encode_security_batch
+from schemas.event_data import as_dicts
 from secstream.dead_letter import dead_letter_headers
 from secstream.telemetry import KafkaHeaders
 from streams.dedup import Deduper
-from streams.event_data import as_dicts
 from streams.filtering import RuleSet
 from streams.normalize import DEFAULT_CONTEXT, NormalizeContext, normalize_batch
 

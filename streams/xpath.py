@@ -24,7 +24,7 @@ from typing import Any
 
 from lxml import etree
 
-from streams.event_data import pairs
+from schemas.event_data import pairs
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 

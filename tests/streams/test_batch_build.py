@@ -21,11 +21,10 @@ from aiokafka.producer.sender import SendProduceReqHandler
 from pydantic import ValidationError
 
 from secstream.config import Settings
-from secstream.topics import TopicSpec, delete_topics, ensure_topics
 from streams import batch_build
 from streams.app import build_app
 from streams.batch_build import THREAD_NAME, install_threaded_batch_build, installed, uninstall_threaded_batch_build
-from tests.streams.hook_guard import warnings_of_refused_install
+from tests.streams.hook_support import library_as_shipped, scratch_topics, warnings_of_refused_install
 
 AIOKAFKA_DO = inspect.getattr_static(SendProduceReqHandler, "do")
 PARTITIONS = 2
@@ -34,17 +33,13 @@ PER_PARTITION = 300
 
 @pytest.fixture(autouse=True)
 def _aiokafka_as_shipped() -> Iterator[None]:
-    uninstall_threaded_batch_build()
-    yield
-    uninstall_threaded_batch_build()
+    yield from library_as_shipped(uninstall_threaded_batch_build)
 
 
 @pytest.fixture
 def topic(settings: Settings) -> Iterator[str]:
-    name = settings.topics.normalized
-    ensure_topics(settings, [TopicSpec(name, PARTITIONS, "batch build test", {"retention.ms": "3600000"})])
-    yield name
-    delete_topics(settings, [name])
+    with scratch_topics(settings, [settings.topics.normalized], PARTITIONS, "batch build test"):
+        yield settings.topics.normalized
 
 
 def _first_builds_by_thread(monkeypatch: pytest.MonkeyPatch) -> list[str]:

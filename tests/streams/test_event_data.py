@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.codec import decode_raw_batch, encode_raw_batch
-from streams.event_data import as_dicts, pairs
+from schemas.event_data import as_dicts, pairs
 from streams.identity import content_fingerprint, event_identity
 from tests.streams.corpus_events import corpus_events
 
@@ -25,7 +25,8 @@ def test_pairs_and_dicts_convert_into_each_other() -> None:
         assert pairs(as_tuple["event_data"]) is as_tuple["event_data"]  # already pairs: not copied
         assert as_dicts(as_tuple["event_data"]) == original["event_data"]
         assert as_dicts(as_dict["event_data"]) is as_dict["event_data"]  # already dicts: not copied
-    assert pairs(None) == () and pairs([]) == () and as_dicts(None) == [] and as_dicts([]) == []
+    empty: list[Any] = []
+    assert pairs(None) == () and pairs(empty) is empty and as_dicts(None) == [] and as_dicts(empty) is empty
 
 
 def test_an_event_has_one_identity_whatever_the_form_of_its_items() -> None:

@@ -27,11 +27,11 @@ from pydantic import ValidationError
 
 from secstream.config import Settings
 from secstream.kafka import producer_config
-from secstream.topics import TopicSpec, delete_topics, ensure_topics
+from secstream.topics import delete_topics
 from streams import fetch_wait
 from streams.app import build_app, changelog_topic_name
 from streams.fetch_wait import install_empty_fetch_wait, installed_wait_seconds, uninstall_empty_fetch_wait
-from tests.streams.hook_guard import warnings_of_refused_install
+from tests.streams.hook_support import library_as_shipped, scratch_topics, warnings_of_refused_install
 from tests.streams.worker_harness import Worker
 
 AIOKAFKA_FETCH = inspect.getattr_static(Fetcher, "_proc_fetch_request")
@@ -40,17 +40,13 @@ IDLE_SECONDS = 2.0
 
 @pytest.fixture(autouse=True)
 def _aiokafka_as_shipped() -> Iterator[None]:
-    uninstall_empty_fetch_wait()
-    yield
-    uninstall_empty_fetch_wait()
+    yield from library_as_shipped(uninstall_empty_fetch_wait)
 
 
 @pytest.fixture
 def topic(settings: Settings) -> Iterator[str]:
-    name = settings.topics.raw
-    ensure_topics(settings, [TopicSpec(name, 2, "fetch wait test", {"retention.ms": "3600000"})])
-    yield name
-    delete_topics(settings, [name])
+    with scratch_topics(settings, [settings.topics.raw], 2, "fetch wait test"):
+        yield settings.topics.raw
 
 
 @pytest.fixture

@@ -32,11 +32,10 @@ from aiokafka.protocol.group import (
 )
 
 from secstream.config import Settings
-from secstream.topics import TopicSpec, delete_topics, ensure_topics
 from streams import group_membership
 from streams.app import build_app
 from streams.group_membership import carries_illegal_generation, install_keep_member_id, uninstall_keep_member_id
-from tests.streams.hook_guard import warnings_of_refused_install
+from tests.streams.hook_support import library_as_shipped, scratch_topics, warnings_of_refused_install
 
 AIOKAFKA_METHODS = {name: inspect.getattr_static(GroupCoordinator, name) for name in ("_send_req", "reset_generation")}
 PARTITIONS = 3
@@ -45,17 +44,13 @@ RECOVERY_SECONDS = 20.0
 
 @pytest.fixture(autouse=True)
 def _aiokafka_as_shipped() -> Iterator[None]:
-    uninstall_keep_member_id()
-    yield
-    uninstall_keep_member_id()
+    yield from library_as_shipped(uninstall_keep_member_id)
 
 
 @pytest.fixture
 def topic(settings: Settings) -> Iterator[str]:
-    name = settings.topics.raw
-    ensure_topics(settings, [TopicSpec(name, PARTITIONS, "group membership test", {"retention.ms": "3600000"})])
-    yield name
-    delete_topics(settings, [name])
+    with scratch_topics(settings, [settings.topics.raw], PARTITIONS, "group membership test"):
+        yield settings.topics.raw
 
 
 @asynccontextmanager

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.event_data import pairs
+from schemas.event_data import pairs
 from streams.normalize import native_available, normalize_event
 from tests.streams.golden import (
     EXCEPTIONS,

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.event_data import pairs
 from streams import normalize
-from streams.event_data import pairs
 from streams.identity import content_fingerprint, event_origin_id, identity_key, uuid5_string
 from streams.normalize import NormalizeContext, normalize_batch, normalize_event
 from tests.streams import golden

@@ -26,7 +26,6 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from secstream.config import Settings
 from secstream.kafka import producer_config
-from secstream.topics import TopicSpec, delete_topics, ensure_topics
 from streams import start_positions
 from streams.app import build_app
 from streams.start_positions import (
@@ -36,7 +35,7 @@ from streams.start_positions import (
     start_left_behind,
     uninstall_uncommitted_start,
 )
-from tests.streams.hook_guard import warnings_of_refused_install
+from tests.streams.hook_support import library_as_shipped, scratch_topics, warnings_of_refused_install
 
 FAUST_METHOD = inspect.getattr_static(AIOKafkaConsumerThread, "seek_to_committed")
 RECORDS = 3
@@ -44,24 +43,21 @@ RECORDS = 3
 
 @pytest.fixture(autouse=True)
 def _faust_as_shipped() -> Iterator[None]:
-    uninstall_uncommitted_start()
-    yield
-    uninstall_uncommitted_start()
+    yield from library_as_shipped(uninstall_uncommitted_start)
 
 
 @pytest.fixture
 def topics(settings: Settings) -> Iterator[tuple[str, str]]:
     """A stream topic and another one, 3 partitions each, RECORDS records in every partition."""
     names = (settings.topics.raw, settings.topics.normalized)
-    ensure_topics(settings, [TopicSpec(name, 3, "start position test", {"retention.ms": "3600000"}) for name in names])
-    producer = Producer(producer_config(settings.kafka))
-    for name in names:
-        for partition in range(3):
-            for n in range(RECORDS):
-                producer.produce(name, value=b"%d" % n, partition=partition)
-    assert producer.flush(30) == 0
-    yield names
-    delete_topics(settings, list(names))
+    with scratch_topics(settings, names, 3, "start position test"):
+        producer = Producer(producer_config(settings.kafka))
+        for name in names:
+            for partition in range(3):
+                for n in range(RECORDS):
+                    producer.produce(name, value=b"%d" % n, partition=partition)
+        assert producer.flush(30) == 0
+        yield names
 
 
 async def _read_everything(settings: Settings, tps: list[TopicPartition], committed: dict[TopicPartition, int],

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.event_data import pairs
+from schemas.event_data import pairs
 from streams.xpath import MAX_EXPRESSIONS, XPathError, compile_queries, compile_query, tokenize
 
 NOW = 1_700_000_000.0  # seconds since the epoch, the clock of every timediff test

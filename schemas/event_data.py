@@ -1,8 +1,9 @@
 """A RawEvent's EventData items in either of their two forms.
 
 Producers and ``schemas.codec.decode_raw_batch`` give each item as ``{"name": ..., "value": ...}``; the stream stage
-decodes them as ``(name, value)`` tuples (``decode_raw_batch(..., event_data_pairs=True)``), which cost a fraction
-of a dict. Code that reads items takes either form through these functions; one event's items are all of one form.
+decodes them as ``(name, value)`` tuples, which cost a fraction of a dict (``decode_raw_batch(...,
+event_data_pairs=True)``: the native codec makes the tuples, its other paths convert with ``pairs``). Code that reads
+items takes either form through these functions; one event's items are all of one form.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ DataItem = Mapping[str, Any] | tuple[Any, Any]
 
 
 def pairs(items: Sequence[DataItem] | None) -> Sequence[tuple[Any, Any]]:
-    """The items as ``(name, value)`` tuples (the same list when they already are)."""
+    """The items as ``(name, value)`` tuples (the same list when they already are, or it is empty)."""
     if not items or type(items[0]) is tuple:
-        return items or ()  # type: ignore[return-value]
+        return items if items is not None else ()  # type: ignore[return-value]
     return [(item["name"], item["value"]) for item in items]  # type: ignore[call-overload]
 
 
